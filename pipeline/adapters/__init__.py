@@ -1,0 +1,1 @@
+"""Model adapters by role: LLM, TTS, ASR, emotion check and speech units."""

@@ -1,0 +1,69 @@
+"""Dialogue LLM client: the official `openai` client against any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.recipe import LLMConfig
+
+
+class LLMError(Exception):
+    """A request that failed after the client's own retries (transport, HTTP status, timeout)."""
+
+
+def api_key(cfg: LLMConfig) -> str:
+    """The API key from the environment variable the recipe names (a placeholder for local servers)."""
+    if not cfg.api_key_env:
+        return "not-needed"
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise LLMError(f"llm.api_key_env: the environment variable {cfg.api_key_env} is not set")
+    return key
+
+
+class ChatClient:
+    """Sends chat completions; knows how each server flavour takes sampling options and schemas."""
+
+    def __init__(self, cfg: LLMConfig, base_url: str) -> None:
+        import openai
+
+        self.cfg = cfg
+        self._openai = openai
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key(cfg), timeout=cfg.timeout_s, max_retries=2)
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        seed: int,
+        max_tokens: int,
+        schema: dict[str, Any] | None = None,
+    ) -> str:
+        """One chat completion; returns the message text ('' if the server sent none)."""
+        extra: dict[str, Any] = {}
+        if self.cfg.backend == "embedded" or self.cfg.response_format == "json_object_schema":
+            extra["repeat_penalty"] = self.cfg.repeat_penalty
+        kwargs: dict[str, Any] = {}
+        if schema is not None:
+            if self.cfg.response_format == "json_schema":
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "dialogue", "schema": schema, "strict": True},
+                }
+            else:
+                kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.cfg.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=self.cfg.temperature,
+                max_tokens=max_tokens,
+                seed=seed,
+                extra_body=extra or None,
+                **kwargs,
+            )
+        except self._openai.OpenAIError as err:
+            raise LLMError(f"{type(err).__name__}: {err}"[:300]) from None
+        if not resp.choices:
+            return ""
+        return resp.choices[0].message.content or ""

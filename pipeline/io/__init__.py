@@ -1,0 +1,1 @@
+"""All file I/O: audio encoding, Parquet shards, manifest, markers."""

@@ -1,0 +1,313 @@
+"""The output folder: Parquet shards (kept + rejects), per-shard stats, completion markers, manifest.
+
+Layout (the data contract):
+    data/train-XXXXX-of-YYYYY.parquet     kept dialogues, one row per dialogue
+    rejects/rejects-XXXXX-of-YYYYY.parquet every dropped dialogue or turn, with reason and measurements
+    stats/shard-XXXXX.json                 counts of one shard
+    completions/shard-XXXXX.done           written last: the shard is final and never rewritten
+    units/codebook.npz                     the dataset's speech-unit codebook
+    manifest.json                          recipe, hash, seed, versions, counts
+
+Shard k holds dialogues k*shard_size ... (k+1)*shard_size-1. Each file is written to a temp file and
+renamed into place, and a shard's marker only after its files, so a killed build leaves no partial
+file and resumes exactly at the first unfinished shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.io.files import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from pipeline.recipe import Recipe
+from pipeline.records import Dialogue, Reject
+
+# One declarative table gives both the Arrow schema and the Hugging Face `datasets` features.
+# A kind is a type name, ("list", kind) or a dict of field -> kind.
+_PERSONA = {"name": "string", "age_group": "string", "gender": "string", "occupation": "string", "style": "string"}
+_SCENARIO = {
+    "topic": "string",
+    "situation": "string",
+    "persona": _PERSONA,
+    "emotion": "string",
+    "intensity": "string",
+    "speaker_id": "string",
+    "assistant_speaker_id": "string",
+    "num_exchanges": "int32",
+}
+_TURN = {
+    "turn_id": "string",
+    "role": "string",
+    "text": "string",
+    "emotion": "string",
+    "intensity": "string",
+    "speaker_id": "string",
+    "audio": "audio",
+    "sampling_rate": "int32",
+    "duration_s": "float32",
+    "asr_text": "string",
+    "wer": "float32",
+    "emotion_measured": "string",
+    "emotion_score": "float32",
+    "speech_units": ("list", "int32"),
+}
+ROW = {
+    "id": "string",
+    "index": "int64",
+    "seed": "int64",
+    "scenario": _SCENARIO,
+    "turns": ("list", _TURN),
+    "llm_model": "string",
+    "tts_backend": "string",
+    "asr_backend": "string",
+    "units_codebook": "string",
+}
+REJECT_ROW = {
+    "id": "string",
+    "turn_id": "string",
+    "level": "string",
+    "stage": "string",
+    "reason": "string",
+    "detail": "string",
+    "wer": "float32",
+    "duration_s": "float32",
+    "emotion_target": "string",
+    "emotion_measured": "string",
+    "emotion_score": "float32",
+    "measured_json": "string",
+}
+STAGE_DIRS = ("data", "rejects", "stats", "completions", "units")
+
+
+def _arrow_type(kind: Any) -> Any:
+    import pyarrow as pa
+
+    if isinstance(kind, dict):
+        return pa.struct([pa.field(name, _arrow_type(sub)) for name, sub in kind.items()])
+    if isinstance(kind, tuple):
+        return pa.list_(_arrow_type(kind[1]))
+    if kind == "audio":
+        return pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+    return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32()}[kind]
+
+
+def _hf_feature(kind: Any, sample_rate: int) -> Any:
+    """The `datasets` feature JSON (legacy list form, read by datasets 2.x to 5.x)."""
+    if isinstance(kind, dict):
+        return {name: _hf_feature(sub, sample_rate) for name, sub in kind.items()}
+    if isinstance(kind, tuple):
+        return [_hf_feature(kind[1], sample_rate)]
+    if kind == "audio":
+        return {"sampling_rate": sample_rate, "_type": "Audio"}
+    return {"dtype": kind, "_type": "Value"}
+
+
+def row_schema(sample_rate: int) -> Any:
+    """Arrow schema of kept rows, with the `huggingface` metadata that makes audio decodable."""
+    import pyarrow as pa
+
+    features = {name: _hf_feature(kind, sample_rate) for name, kind in ROW.items()}
+    meta = {"huggingface": json.dumps({"info": {"features": features}})}
+    return pa.schema([pa.field(name, _arrow_type(kind)) for name, kind in ROW.items()], metadata=meta)
+
+
+def reject_schema() -> Any:
+    """Arrow schema of reject rows."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(name, _arrow_type(kind)) for name, kind in REJECT_ROW.items()])
+
+
+def dialogue_row(d: Dialogue) -> dict[str, Any]:
+    """The Parquet row of a kept dialogue."""
+    turns = []
+    for t in d.turns:
+        turn = asdict(t)
+        turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"}
+        turns.append(turn)
+    return {
+        "id": d.id,
+        "index": d.index,
+        "seed": d.seed,
+        "scenario": asdict(d.scenario),
+        "turns": turns,
+        "llm_model": d.llm_model,
+        "tts_backend": d.tts_backend,
+        "asr_backend": d.asr_backend,
+        "units_codebook": d.units_codebook,
+    }
+
+
+def reject_rows(d: Dialogue) -> list[dict[str, Any]]:
+    """Reject rows of a dialogue: the dialogue itself if dropped, plus every dropped turn."""
+    items = [("dialogue", d.reject)] if d.reject else []
+    items += [("turn", r) for r in d.dropped_turns if r is not d.reject]
+    targets = {t.turn_id: t.emotion for t in d.turns}
+    rows = []
+    for level, r in items:
+        assert r is not None
+        m = r.measured
+        rows.append(
+            {
+                "id": d.id,
+                "turn_id": r.turn_id,
+                "level": level,
+                "stage": r.stage,
+                "reason": r.reason,
+                "detail": r.detail,
+                "wer": m.get("wer"),
+                "duration_s": m.get("duration_s"),
+                "emotion_target": targets.get(r.turn_id, d.scenario.emotion),
+                "emotion_measured": m.get("emotion_measured"),
+                "emotion_score": m.get("emotion_score"),
+                "measured_json": json.dumps(m, sort_keys=True),
+            }
+        )
+    return rows
+
+
+def _parquet_bytes(rows: list[dict[str, Any]], schema: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _count_reasons(rejects: list[Reject | None]) -> dict[str, int]:
+    return dict(sorted(Counter(r.reason for r in rejects if r is not None).items()))
+
+
+class OutputFolder:
+    """Reads and writes one build's output folder."""
+
+    def __init__(self, root: Path, recipe: Recipe) -> None:
+        self.root = root
+        self.recipe = recipe
+        self.total = recipe.num_shards
+
+    def shard_name(self, shard: int) -> str:
+        """`XXXXX-of-YYYYY` for shard `shard`."""
+        return f"{shard:05d}-of-{self.total:05d}"
+
+    def marker(self, shard: int) -> Path:
+        """The completion marker of a shard."""
+        return self.root / "completions" / f"shard-{shard:05d}.done"
+
+    def shard_indices(self, shard: int) -> range:
+        """Dialogue indices that belong to `shard`."""
+        size = self.recipe.shard_size
+        return range(shard * size, min((shard + 1) * size, self.recipe.num_dialogues))
+
+    def pending_shards(self) -> list[int]:
+        """Shards without a completion marker."""
+        return [k for k in range(self.total) if not self.marker(k).exists()]
+
+    def prepare(self, overwrite: bool) -> bool:
+        """Make the folder ready for this recipe; returns True if it resumes an earlier run.
+
+        Raises FileExistsError if the folder holds another recipe's run (or other files) and
+        `overwrite` is not set; raises PermissionError if it cannot be written.
+        """
+        manifest = self.root / "manifest.json"
+        fingerprint = self.recipe.fingerprint()
+        if self.root.exists() and any(self.root.iterdir()):
+            previous = self.read_manifest()
+            same = previous is not None and previous.get("recipe_hash") == fingerprint
+            if not same and not overwrite:
+                what = "another recipe's run" if previous is not None else "files that are not a build output"
+                raise FileExistsError(
+                    f"output folder {self.root} holds {what}; choose an empty folder or pass --overwrite"
+                )
+            if not same:
+                if previous is None and any(p.name not in (*STAGE_DIRS, manifest.name) for p in self.root.iterdir()):
+                    raise FileExistsError(f"--overwrite refuses to delete {self.root}: it holds unrelated files")
+                for name in STAGE_DIRS:
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+                manifest.unlink(missing_ok=True)
+        resumed = manifest.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / ".write-test"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise PermissionError(f"output folder {self.root} is not writable ({err.strerror})") from None
+        remove_stale_temp_files(self.root)
+        return resumed
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the run in this folder, if any."""
+        path = self.root / "manifest.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write manifest.json atomically."""
+        atomic_write_json(self.root / "manifest.json", manifest)
+
+    def write_shard(self, shard: int, dialogues: list[Dialogue], wall_s: float) -> dict[str, Any]:
+        """Write one finished shard (data, rejects, stats, then the marker); returns its stats."""
+        dialogues = sorted(dialogues, key=lambda d: d.index)
+        expected = list(self.shard_indices(shard))
+        got = [d.index for d in dialogues]
+        if got != expected:
+            raise ValueError(f"shard {shard}: got dialogues {got[:5]}..., expected {expected[:5]}...")
+        kept = [d for d in dialogues if d.kept]
+        name = self.shard_name(shard)
+        rejects = [row for d in dialogues for row in reject_rows(d)]
+        atomic_write_bytes(
+            self.root / "data" / f"train-{name}.parquet",
+            _parquet_bytes([dialogue_row(d) for d in kept], row_schema(self.recipe.tts.sample_rate)),
+        )
+        atomic_write_bytes(self.root / "rejects" / f"rejects-{name}.parquet", _parquet_bytes(rejects, reject_schema()))
+        kept_turns = [t for d in kept for t in d.turns]
+        stats = {
+            "shard": shard,
+            "requested": len(dialogues),
+            "kept": len(kept),
+            "rejected": len(dialogues) - len(kept),
+            "rejected_by_reason": _count_reasons([d.reject for d in dialogues]),
+            "turns_kept": len(kept_turns),
+            "turns_dropped_by_reason": _count_reasons([r for d in dialogues for r in d.dropped_turns]),
+            "audio_seconds": round(sum(t.duration_s for t in kept_turns), 3),
+            "emotions": dict(Counter(t.emotion for t in kept_turns if t.role == "user")),
+            "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
+            "wall_s": round(wall_s, 3),
+        }
+        atomic_write_json(self.root / "stats" / f"shard-{shard:05d}.json", stats)
+        atomic_write_json(self.marker(shard), {"shard": shard, "dialogues": len(dialogues), "kept": len(kept)})
+        return stats
+
+    def totals(self) -> dict[str, Any]:
+        """Counts summed over every completed shard."""
+        total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
+        counters: dict[str, Counter[str]] = {
+            k: Counter() for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers")
+        }
+        audio = 0.0
+        for k in range(self.total):
+            path = self.root / "stats" / f"shard-{k:05d}.json"
+            if not self.marker(k).exists() or not path.exists():
+                continue
+            stats = json.loads(path.read_text())
+            total["shards_done"] += 1
+            for key in ("requested", "kept", "rejected", "turns_kept"):
+                total[key] += stats[key]
+            for key, counter in counters.items():
+                counter.update(stats[key])
+            audio += stats["audio_seconds"]
+        total.update({k: dict(sorted(v.items())) for k, v in counters.items()})
+        total["audio_hours"] = round(audio / 3600.0, 4)
+        return total

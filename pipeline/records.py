@@ -1,0 +1,101 @@
+"""Typed records that travel through the pipeline, with deterministic hierarchical ids.
+
+A dialogue id is `dlg-<seed>-<index>`; its turns are `<dialogue id>-t<NN>`. A record that a
+stage rejects keeps travelling with its `Reject` so that every requested dialogue is accounted for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
+INTENSITIES = ("low", "medium", "high")
+
+
+def dialogue_id(seed: int, index: int) -> str:
+    """Deterministic dialogue id from the recipe seed and the dialogue's index."""
+    return f"dlg-{seed}-{index:06d}"
+
+
+def turn_id(dialogue: str, number: int) -> str:
+    """Deterministic turn id: the dialogue id plus the 1-based turn number."""
+    return f"{dialogue}-t{number:02d}"
+
+
+@dataclass
+class Persona:
+    """Who the user is."""
+
+    name: str
+    age_group: str
+    gender: str
+    occupation: str
+    style: str
+
+
+@dataclass
+class Scenario:
+    """What one dialogue is about, sampled from the catalogs."""
+
+    topic: str
+    situation: str
+    persona: Persona
+    emotion: str
+    intensity: str
+    speaker_id: str
+    assistant_speaker_id: str
+    num_exchanges: int
+
+
+@dataclass
+class Turn:
+    """One utterance; filled in stage by stage (text, then audio, then checks, then units)."""
+
+    turn_id: str
+    role: str  # "user" or "assistant"
+    text: str
+    emotion: str  # target emotion (the assistant's style for assistant turns)
+    intensity: str
+    speaker_id: str
+    audio: bytes = b""  # FLAC
+    sampling_rate: int = 0
+    duration_s: float = 0.0
+    asr_text: str = ""
+    wer: float | None = None
+    emotion_measured: str = ""
+    emotion_score: float | None = None
+    speech_units: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Reject:
+    """Why an item was dropped, by which stage, with the measured values."""
+
+    stage: str
+    reason: str
+    detail: str = ""
+    turn_id: str = ""
+    measured: dict[str, float | str] = field(default_factory=dict)
+
+
+@dataclass
+class Dialogue:
+    """One dialogue: its scenario, its turns, and (if dropped) why."""
+
+    id: str
+    index: int
+    shard: int
+    seed: int
+    scenario: Scenario
+    turns: list[Turn] = field(default_factory=list)
+    llm_model: str = ""
+    tts_backend: str = ""
+    asr_backend: str = ""
+    units_codebook: str = ""
+    reject: Reject | None = None
+    dropped_turns: list[Reject] = field(default_factory=list)  # exchanges cut by a gate
+
+    @property
+    def kept(self) -> bool:
+        """True unless a stage rejected the whole dialogue."""
+        return self.reject is None

@@ -1,0 +1,206 @@
+"""Stage 2: the dialogue writer (an LLM behind the OpenAI API).
+
+Two modes, chosen by `llm.mode` in the recipe:
+- `turns`: one short request per turn with few-shot examples (what a 135M local model can do);
+- `dialogue`: one request per dialogue whose output is constrained by a JSON schema and
+  validated with pydantic (for capable models such as Qwen3 behind vLLM).
+Invalid output is retried with a new seed up to `llm.max_retries` times, then rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.adapters.llm_client import ChatClient, LLMError
+from pipeline.records import Dialogue, Reject, Turn, turn_id
+from pipeline.stages.base import Stage
+
+_LEAKS = re.compile(r"\b(as an ai|language model|assistant:|user:|listener:|i am an ai|chatbot)\b", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class TurnOut(BaseModel):
+    """One turn as the LLM writes it in dialogue mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    text: str = Field(min_length=1, max_length=600)
+    strategy: Literal["acknowledge", "validate", "reassure", "ask", "suggest", "none"] = "none"
+
+
+class DialogueOut(BaseModel):
+    """A whole dialogue as the LLM writes it in dialogue mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    turns: list[TurnOut] = Field(min_length=2, max_length=16)
+
+
+class InvalidOutput(ValueError):
+    """LLM output that failed validation; `reason` is the reject code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def request_seed(*parts: object) -> int:
+    """A stable 31-bit seed for one request, from the dialogue id, turn and attempt."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def clean_turn(text: str, max_sentences: int = 2) -> str:
+    """Tidy one generated turn: first line only, no quotes or speaker labels, at most N sentences."""
+    text = text.strip().split("\n")[0].strip()
+    text = re.sub(r"^(user|assistant|listener|me|you)\s*:\s*", "", text, flags=re.I)
+    text = text.strip().strip('"').strip("'").strip()
+    sentences = _SENTENCE_END.split(text)
+    return " ".join(sentences[:max_sentences]).strip()
+
+
+def check_turn(text: str, min_words: int, max_words: int) -> None:
+    """Raise InvalidOutput unless `text` is a plausible spoken turn."""
+    words = text.split()
+    if len(words) < min_words:
+        raise InvalidOutput("llm_too_short", f"{len(words)} words: {text!r}")
+    if len(words) > max_words:
+        raise InvalidOutput("llm_too_long", f"{len(words)} words")
+    if _LEAKS.search(text):
+        raise InvalidOutput("llm_role_leak", text[:120])
+    letters = sum(ch.isalpha() for ch in text)
+    if letters < 0.6 * len(text) or not text.isascii():
+        raise InvalidOutput("llm_not_plain_english", text[:120])
+
+
+class DialogueWriter(Stage):
+    """Writes the turns of each dialogue with the recipe's LLM."""
+
+    name = "dialogue"
+
+    def setup(self) -> None:
+        """Open the OpenAI client against the run's endpoint."""
+        self.cfg = self.ctx.recipe.llm
+        self.prompts = self.ctx.catalogs.prompts
+        self.client = ChatClient(self.cfg, self.ctx.llm_base_url)
+
+    def process(self, dialogue: Dialogue) -> Dialogue:
+        """Fill `dialogue.turns` with text, or reject it with the reason of the last failure."""
+        dialogue.llm_model = self.cfg.model
+        try:
+            texts = self._write_turns(dialogue) if self.cfg.mode == "turns" else self._write_dialogue(dialogue)
+        except InvalidOutput as err:
+            dialogue.reject = Reject(stage=self.name, reason=err.reason, detail=str(err)[:300])
+            return dialogue
+        except LLMError as err:
+            dialogue.reject = Reject(stage=self.name, reason="llm_request_failed", detail=str(err))
+            return dialogue
+        sc = dialogue.scenario
+        assistant_style = self.ctx.catalogs.emotions[sc.emotion].assistant_style
+        for number, text in enumerate(texts, start=1):
+            is_user = number % 2 == 1
+            dialogue.turns.append(
+                Turn(
+                    turn_id=turn_id(dialogue.id, number),
+                    role="user" if is_user else "assistant",
+                    text=text,
+                    emotion=sc.emotion if is_user else assistant_style,
+                    intensity=sc.intensity if is_user else "low",
+                    speaker_id=sc.speaker_id if is_user else sc.assistant_speaker_id,
+                )
+            )
+        return dialogue
+
+    def _attempts(self, dialogue: Dialogue, step: str, messages: list[dict[str, str]], max_tokens: int,
+                  schema: dict[str, Any] | None, parse: Any) -> Any:  # fmt: skip
+        """Ask until `parse` accepts the output; raise the last InvalidOutput after the retry budget."""
+        last: InvalidOutput | None = None
+        for attempt in range(self.cfg.max_retries + 1):
+            raw = self.client.chat(messages, request_seed(dialogue.id, step, attempt), max_tokens, schema)
+            try:
+                return parse(raw)
+            except InvalidOutput as err:
+                last = err
+        assert last is not None
+        raise last
+
+    def _turn_text(self, raw: str) -> str:
+        text = clean_turn(raw)
+        check_turn(text, self.cfg.min_words, self.cfg.max_words)
+        return text
+
+    def _write_turns(self, dialogue: Dialogue) -> list[str]:
+        sc, user_p, asst_p = dialogue.scenario, self.prompts["user"], self.prompts["assistant"]
+        fields = {
+            "persona_name": sc.persona.name,
+            "persona_style": sc.persona.style,
+            "situation": sc.situation,
+            "emotion": sc.emotion,
+            "intensity": sc.intensity,
+        }
+        texts: list[str] = []
+        for exchange in range(sc.num_exchanges):
+            if exchange == 0:
+                ask = user_p["prompt"].format(**fields)
+            else:
+                ask = user_p["followup_prompt"].format(last_assistant=texts[-1], **fields)
+            messages = _few_shot(user_p["system"].format(**fields), user_p["examples"], ask)
+            texts.append(self._attempts(dialogue, f"u{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
+            ask = asst_p["prompt"].format(last_user=texts[-1])
+            messages = _few_shot(asst_p["system"].format(emotion=sc.emotion), asst_p["examples"], ask)
+            texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
+        return texts
+
+    def _write_dialogue(self, dialogue: Dialogue) -> list[str]:
+        sc = dialogue.scenario
+        user = self.prompts["user"].format(
+            topic=sc.topic,
+            situation=sc.situation,
+            persona_name=sc.persona.name,
+            persona_age_group=sc.persona.age_group,
+            persona_gender=sc.persona.gender,
+            persona_occupation=sc.persona.occupation,
+            persona_style=sc.persona.style,
+            emotion=sc.emotion,
+            intensity=sc.intensity,
+            num_exchanges=sc.num_exchanges,
+        )
+        messages = [{"role": "system", "content": self.prompts["system"]}, {"role": "user", "content": user}]
+        budget = self.cfg.max_tokens * 2 * sc.num_exchanges + 40
+
+        def parse(raw: str) -> list[str]:
+            return self._parse_dialogue(raw, sc.num_exchanges)
+
+        return self._attempts(dialogue, "dialogue", messages, budget, DialogueOut.model_json_schema(), parse)
+
+    def _parse_dialogue(self, raw: str, num_exchanges: int) -> list[str]:
+        if not raw.strip():
+            raise InvalidOutput("llm_empty", "the server returned no text")
+        try:
+            parsed = DialogueOut.model_validate(json.loads(raw))
+        except json.JSONDecodeError as err:
+            raise InvalidOutput("llm_invalid_json", f"{err}: {raw[:120]!r}") from None
+        except ValidationError as err:
+            raise InvalidOutput("llm_schema_mismatch", str(err).splitlines()[0]) from None
+        roles = [t.role for t in parsed.turns]
+        expected = ["user", "assistant"] * num_exchanges
+        if roles != expected:
+            raise InvalidOutput("llm_wrong_turns", f"roles {roles}, expected {len(expected)} alternating")
+        texts = [" ".join(t.text.split()) for t in parsed.turns]
+        for text in texts:
+            check_turn(text, self.cfg.min_words, self.cfg.max_words)
+        return texts
+
+
+def _few_shot(system: str, examples: list[dict[str, str]], ask: str) -> list[dict[str, str]]:
+    """Chat messages: the system prompt, example pairs, then the real request."""
+    messages = [{"role": "system", "content": system}]
+    for example in examples:
+        messages.append({"role": "user", "content": example["prompt"]})
+        messages.append({"role": "assistant", "content": example["reply"]})
+    messages.append({"role": "user", "content": ask})
+    return messages

@@ -1,0 +1,62 @@
+"""Stage 5: speech units for assistant audio with the dataset's k-means codebook.
+
+The codebook is fitted once per output folder (`fit_dataset_codebook`, run by the driver before the
+pipeline) on calibration sentences rendered in the recipe's assistant voices, and stored as
+`units/codebook.npz` with its version id, so that units stay stable across shards and resumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.adapters.tts_espeak import EspeakEngine
+from pipeline.adapters.units_kmeans import Codebook, fit_codebook, frame_features
+from pipeline.catalogs import Catalogs
+from pipeline.io.audio import from_bytes
+from pipeline.recipe import Recipe
+from pipeline.records import Dialogue
+from pipeline.stages.base import Stage
+
+CODEBOOK_PATH = Path("units") / "codebook.npz"
+
+
+def fit_dataset_codebook(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> Codebook:
+    """Load the folder's codebook, or fit and save it: calibration sentences are a seeded sample of
+    the catalog's situations and few-shot replies, rendered in every assistant voice."""
+    path = out_dir / CODEBOOK_PATH
+    if path.exists():
+        return Codebook.load(path)
+    pool = [s for topic in catalogs.topics for s in topic.situations]
+    pool += [e["reply"] for e in catalogs.prompts.get("assistant", {}).get("examples", [])]
+    rng = np.random.default_rng([recipe.seed, 5])
+    picks = rng.choice(len(pool), size=min(recipe.units.calibration_sentences, len(pool)), replace=False)
+    engine = EspeakEngine.instance()
+    frames = [
+        frame_features(engine.synthesize(pool[i], voice.voice, catalogs.prosody(style, "low")))
+        for i in picks
+        for voice in catalogs.assistants
+        for style in ("neutral", "happy")
+    ]
+    codebook = fit_codebook(np.concatenate(frames), recipe.units.codebook_size, seed=recipe.seed)
+    codebook.save(path)
+    return codebook
+
+
+class SpeechUnits(Stage):
+    """Encodes assistant turns into unit ids."""
+
+    name = "units"
+
+    def setup(self) -> None:
+        """Load the dataset's codebook from the output folder."""
+        self.codebook = Codebook.load(self.ctx.out_dir / CODEBOOK_PATH)
+
+    def process(self, dialogue: Dialogue) -> Dialogue:
+        """Fill `speech_units` of every assistant turn."""
+        for turn in dialogue.turns:
+            if turn.role == "assistant":
+                turn.speech_units = self.codebook.encode(from_bytes(turn.audio))
+        dialogue.units_codebook = self.codebook.version
+        return dialogue

@@ -181,52 +181,68 @@ def build(
     _check_inputs(recipe, catalogs)
     out = OutputFolder(Path(out_dir), recipe)
     try:
-        resumed = out.prepare(overwrite)
-    except (FileExistsError, PermissionError) as err:
+        resumed = out.check(overwrite)
+    except FileExistsError as err:
         raise BuildError(str(err)) from None
-    pending = out.pending_shards()
-    manifest = {
-        "recipe": recipe.model_dump(mode="json"),
-        "recipe_hash": recipe.fingerprint(),
-        "recipe_path": str(recipe_path),
-        "seed": recipe.seed,
-        "num_dialogues": recipe.num_dialogues,
-        "num_shards": recipe.num_shards,
-        "prompts_version": catalogs.prompts_version,
-        "catalog_version": catalogs.version,
-        "versions": package_versions(),
-        "status": "running",
-    }
-    codebook = fit_dataset_codebook(recipe, catalogs, out.root)
-    manifest["units"] = {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5}
-    out.write_manifest(manifest)
+    pending = out.pending_shards() if resumed else list(range(recipe.num_shards))
     indices = [i for shard in pending for i in out.shard_indices(shard)]
     result = BuildResult(out_dir=out.root, totals={}, complete=False, resumed=resumed)
+    manifest = out.read_manifest() or {}
     if on_progress:
         on_progress(0, len(indices), None)
     if indices:
-        buffers: dict[int, list[Dialogue]] = defaultdict(list)
-        shard_started: dict[int, float] = {}
-        done = 0
-        with _terminate_as_interrupt(), llm_endpoint(recipe) as base_url, ray_session(recipe, ray_address):
+        with _terminate_as_interrupt(), llm_endpoint(recipe) as base_url:
+            try:
+                out.prepare(overwrite)
+            except (FileExistsError, PermissionError) as err:
+                raise BuildError(str(err)) from None
+            codebook = fit_dataset_codebook(recipe, catalogs, out.root)
+            manifest = {
+                "recipe": recipe.model_dump(mode="json"),
+                "recipe_hash": recipe.fingerprint(),
+                "recipe_path": str(recipe_path),
+                "seed": recipe.seed,
+                "num_dialogues": recipe.num_dialogues,
+                "num_shards": recipe.num_shards,
+                "prompts_version": catalogs.prompts_version,
+                "catalog_version": catalogs.version,
+                "versions": package_versions(),
+                "units": {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5},
+                "status": "running",
+            }
+            out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
-            for dialogue in dialogue_stream(ctx, indices):
-                shard_started.setdefault(dialogue.shard, time.monotonic())
-                buffers[dialogue.shard].append(dialogue)
-                if len(buffers[dialogue.shard]) == len(out.shard_indices(dialogue.shard)):
-                    out.write_shard(
-                        dialogue.shard, buffers.pop(dialogue.shard), time.monotonic() - shard_started[dialogue.shard]
-                    )
-                    result.shards_written += 1
-                done += 1
-                if on_progress:
-                    on_progress(done, len(indices), dialogue)
+            with ray_session(recipe, ray_address):
+                result.shards_written = _write_as_they_finish(out, dialogue_stream(ctx, indices), on_progress)
     result.totals = out.totals()
     result.complete = not out.pending_shards()
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
     out.write_manifest(manifest)
     return result
+
+
+def _write_as_they_finish(
+    out: OutputFolder,
+    stream: Iterator[Dialogue],
+    on_progress: Callable[[int, int, Dialogue | None], None] | None,
+) -> int:
+    """Buffer dialogues per shard and write each shard as soon as it is whole; returns shards written."""
+    buffers: dict[int, list[Dialogue]] = defaultdict(list)
+    first_seen: dict[int, float] = {}
+    total = sum(len(out.shard_indices(k)) for k in out.pending_shards())
+    done = written = 0
+    for dialogue in stream:
+        shard = dialogue.shard
+        first_seen.setdefault(shard, time.monotonic())
+        buffers[shard].append(dialogue)
+        if len(buffers[shard]) == len(out.shard_indices(shard)):
+            out.write_shard(shard, buffers.pop(shard), time.monotonic() - first_seen[shard])
+            written += 1
+        done += 1
+        if on_progress:
+            on_progress(done, total, dialogue)
+    return written
 
 
 @contextlib.contextmanager

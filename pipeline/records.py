@@ -94,6 +94,7 @@ class Dialogue:
     units_codebook: str = ""
     reject: Reject | None = None
     dropped_turns: list[Reject] = field(default_factory=list)  # exchanges cut by a gate
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
 
     @property
     def kept(self) -> bool:

@@ -210,32 +210,37 @@ class OutputFolder:
         """Shards without a completion marker."""
         return [k for k in range(self.total) if not self.marker(k).exists()]
 
-    def prepare(self, overwrite: bool) -> bool:
-        """Make the folder ready for this recipe; returns True if it resumes an earlier run.
+    def check(self, overwrite: bool) -> bool:
+        """Decide whether this folder can take the recipe's run, without writing anything.
 
-        Raises FileExistsError if the folder holds another recipe's run (or other files) and
-        `overwrite` is not set; raises PermissionError if it cannot be written.
+        Returns True if it holds this recipe's earlier run (a resume). Raises FileExistsError if it
+        holds another recipe's run (or other files) and `overwrite` is not set.
         """
-        manifest = self.root / "manifest.json"
-        fingerprint = self.recipe.fingerprint()
-        if self.root.exists() and any(self.root.iterdir()):
-            previous = self.read_manifest()
-            same = previous is not None and previous.get("recipe_hash") == fingerprint
-            if not same and not overwrite:
-                what = "another recipe's run" if previous is not None else "files that are not a build output"
-                raise FileExistsError(
-                    f"output folder {self.root} holds {what}; choose an empty folder or pass --overwrite"
-                )
-            if not same:
-                if previous is None and any(p.name not in (*STAGE_DIRS, manifest.name) for p in self.root.iterdir()):
-                    raise FileExistsError(f"--overwrite refuses to delete {self.root}: it holds unrelated files")
-                for name in STAGE_DIRS:
-                    shutil.rmtree(self.root / name, ignore_errors=True)
-                manifest.unlink(missing_ok=True)
-        resumed = manifest.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
-        probe = self.root / ".write-test"
+        if not self.root.exists() or not any(self.root.iterdir()):
+            return False
+        previous = self.read_manifest()
+        if previous is not None and previous.get("recipe_hash") == self.recipe.fingerprint():
+            return True
+        if not overwrite:
+            what = "another recipe's run" if previous is not None else "files that are not a build output"
+            raise FileExistsError(f"output folder {self.root} holds {what}; choose an empty folder or pass --overwrite")
+        if previous is None and any(p.name not in (*STAGE_DIRS, "manifest.json") for p in self.root.iterdir()):
+            raise FileExistsError(f"--overwrite refuses to delete {self.root}: it holds files that are not ours")
+        return False
+
+    def prepare(self, overwrite: bool) -> bool:
+        """Make the folder ready (clearing another run if `overwrite`); returns True on a resume.
+
+        Raises FileExistsError as `check` does, and PermissionError if the folder is not writable.
+        """
+        resumed = self.check(overwrite)
+        if not resumed:
+            for name in STAGE_DIRS:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            (self.root / "manifest.json").unlink(missing_ok=True)
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
@@ -284,6 +289,7 @@ class OutputFolder:
             "audio_seconds": round(sum(t.duration_s for t in kept_turns), 3),
             "emotions": dict(Counter(t.emotion for t in kept_turns if t.role == "user")),
             "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
+            "stage_seconds": dict(sum((Counter(d.timings) for d in dialogues), Counter())),
             "wall_s": round(wall_s, 3),
         }
         atomic_write_json(self.root / "stats" / f"shard-{shard:05d}.json", stats)

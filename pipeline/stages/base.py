@@ -9,6 +9,7 @@ a reject with reason `<stage>_error`, so one bad row never kills a batch.
 from __future__ import annotations
 
 import pickle
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class Stage:
         """Apply `process` to a kept dialogue; pass rejected ones through; turn crashes into rejects."""
         if not dialogue.kept:
             return dialogue
+        started = time.perf_counter()
         try:
             return self.process(dialogue)
         except Exception as err:  # noqa: BLE001 - a failed row travels on as data
@@ -60,6 +62,8 @@ class Stage:
                 detail=f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})"[:500],
             )
             return dialogue
+        finally:
+            dialogue.timings[self.name] = round(time.perf_counter() - started, 4)
 
 
 class RayStage:

@@ -1,0 +1,50 @@
+"""Shared fixtures: small recipes, the embedded LLM server, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pipeline"]
+
+
+def write_recipe(folder: Path, name: str = "tiny", **overrides: object) -> Path:
+    """A small embedded recipe (few dialogues, small codebook) with `overrides` merged in."""
+    recipe: dict[str, object] = {
+        "name": name,
+        "seed": 3,
+        "num_dialogues": 2,
+        "shard_size": 1,
+        "scenarios": {"min_exchanges": 1, "max_exchanges": 1},
+        "units": {"codebook_size": 16, "calibration_sentences": 8},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}  # type: ignore[dict-item]
+        else:
+            recipe[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `opens2s-data ARGS` in a subprocess and capture its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def llm_url() -> Iterator[str]:
+    """The embedded llama.cpp server, started once for the session."""
+    from pipeline.adapters.llm_server import EmbeddedLLMServer
+
+    with EmbeddedLLMServer() as url:
+        yield url

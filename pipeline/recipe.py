@@ -183,9 +183,16 @@ def _format_validation(err: ValidationError) -> str:
 def load_recipe(path: str | Path, num_dialogues: int | None = None) -> Recipe:
     """Read and validate a recipe; `num_dialogues` overrides the recipe's value.
 
+    A path that does not exist is looked up among the packaged recipes (`demo` -> manifests/demo.yaml).
+
     Raises RecipeError with one readable message on bad YAML, unknown keys, wrong types or values.
     """
     path = Path(path)
+    if not path.exists():
+        from pipeline.resources import data_dir
+
+        packaged = data_dir("manifests") / (path.name if path.suffix else f"{path.name}.yaml")
+        path = packaged if packaged.exists() else path
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

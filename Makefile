@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/opens2s-data build manifests/demo.yaml --out out/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests $(wildcard bench)
+	$(BIN)/ruff format --check pipeline tests $(wildcard bench)
 
 test: lint
 	$(BIN)/pytest -q tests

@@ -87,6 +87,7 @@ class EmbeddedLLMServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(self.ctx_size),
             "--model_alias", self.model_path.stem,
+            "--cache", "true", "--cache_type", "ram", "--cache_size", str(256 << 20),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(

@@ -289,7 +289,9 @@ class OutputFolder:
             "audio_seconds": round(sum(t.duration_s for t in kept_turns), 3),
             "emotions": dict(Counter(t.emotion for t in kept_turns if t.role == "user")),
             "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
-            "stage_seconds": dict(sum((Counter(d.timings) for d in dialogues), Counter())),
+            "stage_seconds": {
+                k: round(v, 3) for k, v in sum((Counter(d.timings) for d in dialogues), Counter()).items()
+            },
             "wall_s": round(wall_s, 3),
         }
         atomic_write_json(self.root / "stats" / f"shard-{shard:05d}.json", stats)
@@ -300,7 +302,8 @@ class OutputFolder:
         """Counts summed over every completed shard."""
         total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
         counters: dict[str, Counter[str]] = {
-            k: Counter() for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers")
+            k: Counter()
+            for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "stage_seconds")
         }
         audio = 0.0
         for k in range(self.total):
@@ -315,5 +318,6 @@ class OutputFolder:
                 counter.update(stats[key])
             audio += stats["audio_seconds"]
         total.update({k: dict(sorted(v.items())) for k, v in counters.items()})
+        total["stage_seconds"] = {k: round(v, 3) for k, v in total["stage_seconds"].items()}
         total["audio_hours"] = round(audio / 3600.0, 4)
         return total

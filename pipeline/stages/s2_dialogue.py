@@ -148,10 +148,10 @@ class DialogueWriter(Stage):
                 ask = user_p["prompt"].format(**fields)
             else:
                 ask = user_p["followup_prompt"].format(last_assistant=texts[-1], **fields)
-            messages = _few_shot(user_p["system"].format(**fields), user_p["examples"], ask)
+            messages = _few_shot(user_p["system"], user_p["examples"], ask)
             texts.append(self._attempts(dialogue, f"u{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
-            ask = asst_p["prompt"].format(last_user=texts[-1])
-            messages = _few_shot(asst_p["system"].format(emotion=sc.emotion), asst_p["examples"], ask)
+            ask = asst_p["prompt"].format(last_user=texts[-1], emotion=sc.emotion)
+            messages = _few_shot(asst_p["system"], asst_p["examples"], ask)
             texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
         return texts
 

@@ -87,6 +87,81 @@ def build(
         fail("the build did not finish every shard; re-run the same command to resume", EXIT_FAILED)
 
 
+@app.command()
+def verify(out: Annotated[Path, typer.Argument(help="A build's output folder.")]) -> None:
+    """Check a finished dataset: schemas, audio, ids, counts, units; non-zero exit on problems."""
+    from pipeline.verify import verify as run_verify
+
+    problems, counts = run_verify(out)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]problem:[/] {problem}", highlight=False)
+        fail(f"{out} has {len(problems)} problem(s)", EXIT_FAILED)
+    Console().print(
+        f"ok: {out} ({counts['requested']} requested, {counts['kept']} kept, {counts['rejected']} rejected)"
+    )
+
+
+voices_app = typer.Typer(help="Inspect and audition the speaker catalog.", no_args_is_help=True)
+app.add_typer(voices_app, name="voices")
+
+
+def _catalogs(recipe: str) -> Any:
+    from pipeline.catalogs import load_catalogs
+    from pipeline.recipe import load_recipe
+
+    try:
+        return load_catalogs(load_recipe(recipe))
+    except RecipeError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+
+
+@voices_app.command("list")
+def voices_list(
+    recipe: Annotated[str, typer.Option(help="Recipe whose catalogs to read.")] = "demo",
+) -> None:
+    """List the speakers and assistant voices with their engine parameters."""
+    catalogs = _catalogs(recipe)
+    table = Table(title="speakers")
+    for column in ("id", "role", "gender", "age group", "accent", "espeak voice", "pitch", "range", "rate"):
+        table.add_column(column)
+    for role, speakers in (("user", catalogs.speakers), ("assistant", catalogs.assistants)):
+        for s in speakers:
+            v = s.voice
+            row = (s.id, role, s.gender, s.age_group, s.accent, v.name, v.pitch, v.pitch_range, v.rate)
+            table.add_row(*map(str, row))
+    Console().print(table)
+
+
+@voices_app.command("audition")
+def voices_audition(
+    speaker: Annotated[str, typer.Argument(help="Speaker id, e.g. spk-01.")],
+    text: Annotated[str, typer.Option("--text", help="What to say.")],
+    out: Annotated[Path, typer.Option("--out", help="WAV file to write.")],
+    emotion: Annotated[str, typer.Option("--emotion", help="One of the 7 emotions.")] = "neutral",
+    intensity: Annotated[str, typer.Option("--intensity", help="low, medium or high.")] = "medium",
+    recipe: Annotated[str, typer.Option(help="Recipe whose catalogs to read.")] = "demo",
+) -> None:
+    """Render TEXT in SPEAKER's voice with an emotion, for tuning the catalog."""
+    import soundfile as sf
+
+    from pipeline.adapters.tts_espeak import EspeakEngine
+    from pipeline.records import EMOTIONS, INTENSITIES
+
+    catalogs = _catalogs(recipe)
+    if emotion not in EMOTIONS:
+        fail(f"--emotion: unknown emotion {emotion!r}; choose one of {', '.join(EMOTIONS)}", EXIT_BAD_INPUT)
+    if intensity not in INTENSITIES:
+        fail(f"--intensity: unknown intensity {intensity!r}; choose one of {', '.join(INTENSITIES)}", EXIT_BAD_INPUT)
+    try:
+        voice = catalogs.speaker(speaker).voice
+    except KeyError:
+        fail(f"unknown speaker {speaker!r}; `opens2s-data voices list` shows the catalog", EXIT_BAD_INPUT)
+    audio = EspeakEngine.instance().synthesize(text, voice, catalogs.prosody(emotion, intensity))
+    sf.write(out, audio.samples, audio.sample_rate)
+    Console().print(f"wrote {out} ({audio.duration_s:.2f} s, {speaker}, {emotion}/{intensity})")
+
+
 @app.command("recipe-schema")
 def recipe_schema() -> None:
     """Print the recipe's JSON schema (every field with its description)."""

@@ -127,8 +127,12 @@ class GatesConfig(_Strict):
 
     max_wer: float = Field(0.34, ge=0, description="Highest word error rate of the ASR transcript vs the text.")
     emotion_check: bool = Field(True, description="Reject user turns whose measured emotion differs from the target.")
-    min_duration_s: float = Field(0.5, gt=0, description="Shortest allowed clip.")
-    max_duration_s: float = Field(30.0, gt=0, description="Longest allowed clip.")
+    min_duration_s: float = Field(0.5, gt=0, description="Shortest allowed clip in seconds.")
+    max_duration_s: float = Field(30.0, gt=0, description="Longest allowed clip in seconds.")
+    max_edge_silence_s: float = Field(1.5, gt=0, description="Longest silence allowed at the start or the end.")
+    max_clipped_fraction: float = Field(0.002, ge=0, description="Largest fraction of samples at full scale.")
+    min_loudness_db: float = Field(-40.0, description="Quietest allowed RMS level of the active frames, dBFS.")
+    max_loudness_db: float = Field(-3.0, description="Loudest allowed RMS level of the active frames, dBFS.")
 
 
 class UnitsConfig(_Strict):

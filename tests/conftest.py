@@ -48,3 +48,13 @@ def llm_url() -> Iterator[str]:
 
     with EmbeddedLLMServer() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    folder = tmp_path_factory.mktemp("build")
+    recipe = write_recipe(folder, name="two", num_dialogues=2, shard_size=1)
+    out = folder / "out"
+    result = run_cli("build", str(recipe), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result

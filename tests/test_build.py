@@ -40,16 +40,6 @@ def _ids(out: Path) -> tuple[list[str], list[str]]:
     return kept, rejected
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    folder = tmp_path_factory.mktemp("build")
-    recipe = write_recipe(folder, name="two", num_dialogues=2, shard_size=1)
-    out = folder / "out"
-    result = run_cli("build", str(recipe), "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
-
-
 def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, result = built
     assert "build summary" in result.stdout and "dialogues requested" in result.stdout

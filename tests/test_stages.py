@@ -69,9 +69,8 @@ def test_turns_mode_writes_alternating_turns(tmp_path: Path, llm_url: str) -> No
     assert dialogue.turns[0].emotion == dialogue.scenario.emotion
     assert dialogue.turns[0].speaker_id == dialogue.scenario.speaker_id
     assert dialogue.turns[1].speaker_id == dialogue.scenario.assistant_speaker_id
-    # the same seed gives the same words
-    again = writer.run(ScenarioSampler(ctx).new(0))
-    assert [t.text for t in again.turns] == [t.text for t in dialogue.turns]
+    # Words are not compared across runs: with llama.cpp's prompt cache, a prefix evaluated in
+    # other batches gives slightly different logits, so the same seed can sample other words.
 
 
 def test_dialogue_mode_against_llama_cpp_schema(tmp_path: Path, llm_url: str) -> None:
@@ -195,11 +194,17 @@ def test_gates_reject_corrupted_audio_with_the_right_reason(gates: AudioGates) -
     rng = np.random.default_rng(0)
     good = _rendered(ctx, [USER, ASSISTANT])
     clip = from_bytes(good.turns[0].audio)
+    sr = clip.sample_rate
+    pad = np.zeros(int(2.5 * sr), dtype=np.float32)
     cases = {
-        "truncated": (Audio(clip.samples[: int(0.3 * clip.sample_rate)], clip.sample_rate), "duration_out_of_range"),
-        "cut in half": (Audio(clip.samples[: len(clip.samples) // 2], clip.sample_rate), "wer_too_high"),
-        "silent": (Audio(np.zeros_like(clip.samples), clip.sample_rate), "wer_too_high"),
-        "noise": (Audio(rng.normal(0, 0.3, len(clip.samples)).astype(np.float32), clip.sample_rate), "wer_too_high"),
+        "truncated": (Audio(clip.samples[: int(0.3 * sr)], sr), "too_short"),
+        "too long": (Audio(np.tile(clip.samples, 12), sr), "too_long"),
+        "cut in half": (Audio(clip.samples[: len(clip.samples) // 2], sr), "wer_too_high"),
+        "silent": (Audio(np.zeros_like(clip.samples), sr), "silent"),
+        "leading silence": (Audio(np.concatenate([pad, clip.samples]), sr), "edge_silence"),
+        "clipped": (Audio(np.clip(clip.samples * 8, -1, 1), sr), "clipping"),
+        "whisper quiet": (Audio(clip.samples * 0.02, sr), "loudness_out_of_range"),
+        "noise": (Audio(rng.normal(0, 0.2, len(clip.samples)).astype(np.float32), sr), "wer_too_high"),
     }
     for name, (audio, reason) in cases.items():
         dialogue = gates.run(_corrupt(_rendered(ctx, [USER, ASSISTANT]), audio))
@@ -207,6 +212,7 @@ def test_gates_reject_corrupted_audio_with_the_right_reason(gates: AudioGates) -
         assert dialogue.reject.reason == reason, (name, dialogue.reject)
         assert dialogue.turns == []
         assert [r.reason for r in dialogue.dropped_turns] == [reason, "follows_rejected_turn"]
+        assert "loudness_db" in dialogue.reject.measured
     wrong_text = _rendered(ctx, [USER, ASSISTANT])
     wrong_text.turns[0].text = "The weather by the sea was lovely and calm all week long."
     rejected = gates.run(wrong_text)

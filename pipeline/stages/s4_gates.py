@@ -1,8 +1,11 @@
-"""Stage 4: audio gates. Each turn is checked in order: duration, ASR word error rate against its
-text, and (user turns) the measured emotion against the target. The dialogue keeps the exchanges
+"""Stage 4: audio gates. Each turn is checked in order: duration, silence, clipping and loudness,
+then the ASR word error rate against its text, then (user turns) the measured emotion against the
+target. The dialogue keeps the exchanges
 before the first failing turn; with none left it is rejected with that turn's reason."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from pipeline.adapters.asr_whisper import WhisperASR
 from pipeline.adapters.base import Audio
@@ -10,6 +13,7 @@ from pipeline.adapters.emotion_prosody import ProsodyEmotionClassifier, measure,
 from pipeline.adapters.tts_espeak import EspeakEngine
 from pipeline.catalogs import Catalogs
 from pipeline.io.audio import from_bytes
+from pipeline.recipe import GatesConfig
 from pipeline.records import EMOTIONS, INTENSITIES, Dialogue, Reject, Turn
 from pipeline.stages.base import Stage
 from pipeline.textnorm import word_error_rate
@@ -24,6 +28,50 @@ CALIBRATION_SENTENCES = (
 )
 
 
+def level_stats(
+    audio: Audio, frame_s: float = 0.02, floor_db: float = -60.0, range_db: float = 40.0
+) -> dict[str, float]:
+    """Edge silence, clipping and loudness of a clip.
+
+    Active frames are those within `range_db` of the loudest frame and above `floor_db`; loudness is
+    the RMS level of the active frames in dBFS (-inf for a silent clip).
+    """
+    frame = max(1, int(frame_s * audio.sample_rate))
+    x = audio.samples[: len(audio.samples) // frame * frame].reshape(-1, frame)
+    db = 20.0 * np.log10(np.sqrt(np.mean(np.square(x), axis=1)) + 1e-10) if len(x) else np.zeros(0)
+    active = (db > db.max() - range_db) & (db > floor_db) if len(db) else np.zeros(0, dtype=bool)
+    clipped = float(np.mean(np.abs(audio.samples) >= 0.999)) if len(audio.samples) else 0.0
+    if not active.any():
+        return {"lead_silence_s": audio.duration_s, "trail_silence_s": audio.duration_s,
+                "clipped_fraction": clipped, "loudness_db": float("-inf")}  # fmt: skip
+    first, last = int(np.argmax(active)), len(active) - 1 - int(np.argmax(active[::-1]))
+    loudness = 20.0 * np.log10(np.sqrt(np.mean(np.square(x[active]))))
+    return {
+        "lead_silence_s": round(first * frame_s, 3),
+        "trail_silence_s": round(audio.duration_s - (last + 1) * frame_s, 3),
+        "clipped_fraction": round(clipped, 5),
+        "loudness_db": round(float(loudness), 2),
+    }
+
+
+def signal_failure(stats: dict[str, float], duration_s: float, cfg: GatesConfig) -> tuple[str, str] | None:
+    """The (reason, detail) of the first signal-level gate a clip fails, or None."""
+    if duration_s < cfg.min_duration_s:
+        return "too_short", f"{duration_s:.2f} s < {cfg.min_duration_s} s"
+    if duration_s > cfg.max_duration_s:
+        return "too_long", f"{duration_s:.2f} s > {cfg.max_duration_s} s"
+    if stats["loudness_db"] == float("-inf"):
+        return "silent", "no frame above the noise floor"
+    edge = max(stats["lead_silence_s"], stats["trail_silence_s"])
+    if edge > cfg.max_edge_silence_s:
+        return "edge_silence", f"{edge:.2f} s of silence at an edge > {cfg.max_edge_silence_s} s"
+    if stats["clipped_fraction"] > cfg.max_clipped_fraction:
+        return "clipping", f"{stats['clipped_fraction']:.2%} of samples at full scale"
+    if not cfg.min_loudness_db <= stats["loudness_db"] <= cfg.max_loudness_db:
+        return "loudness_out_of_range", f"{stats['loudness_db']:.1f} dBFS"
+    return None
+
+
 class EmotionCheck:
     """Embedded emotion check: prosody of a clip against the same speaker's neutral rendering."""
 
@@ -32,7 +80,9 @@ class EmotionCheck:
         self.engine = EspeakEngine.instance()
         feats, labels, groups = [], [], []
         step = max(1, len(catalogs.speakers) // calibration_speakers)
-        for speaker in catalogs.speakers[::step][:calibration_speakers]:
+        chosen = catalogs.speakers[::step][:calibration_speakers]
+        self.calibration_speakers = [speaker.id for speaker in chosen]
+        for speaker in chosen:
             for sentence in CALIBRATION_SENTENCES:
                 neutral = measure(self.engine.synthesize(sentence, speaker.voice))
                 for emotion in EMOTIONS:
@@ -65,9 +115,11 @@ class AudioGates(Stage):
         """Measure one turn (fills asr_text, wer, emotion_measured/score); a Reject if it fails."""
         cfg = self.ctx.recipe.gates
         audio = from_bytes(turn.audio)
-        measured: dict[str, float | str] = {"duration_s": turn.duration_s}
-        if not cfg.min_duration_s <= turn.duration_s <= cfg.max_duration_s:
-            return Reject(self.name, "duration_out_of_range", f"{turn.duration_s:.2f} s", turn.turn_id, measured)
+        stats = level_stats(audio)
+        measured: dict[str, float | str] = {"duration_s": turn.duration_s, **stats}
+        failure = signal_failure(stats, turn.duration_s, cfg)
+        if failure is not None:
+            return Reject(self.name, failure[0], failure[1], turn.turn_id, measured)
         turn.asr_text = self.asr.transcribe(audio).text
         turn.wer = round(word_error_rate(turn.text, turn.asr_text), 4)
         measured.update(wer=turn.wer, asr_text=turn.asr_text)

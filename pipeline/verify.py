@@ -1,0 +1,115 @@
+"""`opens2s-data verify`: check a finished output folder against the data contract."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipeline.io.audio import from_bytes
+from pipeline.io.shards import REJECT_ROW, ROW
+from pipeline.records import dialogue_id, turn_id
+
+
+def _read_table(path: Path, problems: list[str]) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a finding, not a crash
+        problems.append(f"{path.name}: unreadable Parquet ({type(err).__name__}: {str(err)[:120]})")
+        return None
+
+
+def _check_row(row: dict[str, Any], sample_rate: int, problems: list[str]) -> float:
+    """Check one kept dialogue; returns its audio seconds."""
+    seconds = 0.0
+    if not row["turns"]:
+        problems.append(f"{row['id']}: kept with no turns")
+    for n, turn in enumerate(row["turns"], start=1):
+        where = f"{row['id']} turn {n}"
+        if turn["turn_id"] != turn_id(row["id"], n):
+            problems.append(f"{where}: turn id {turn['turn_id']!r}, expected {turn_id(row['id'], n)!r}")
+        if turn["role"] != ("user" if n % 2 else "assistant"):
+            problems.append(f"{where}: role {turn['role']!r} breaks the user/assistant alternation")
+        try:
+            audio = from_bytes(turn["audio"]["bytes"])
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"{where}: audio does not decode ({type(err).__name__})")
+            continue
+        if audio.sample_rate != sample_rate or turn["sampling_rate"] != sample_rate:
+            problems.append(f"{where}: audio at {audio.sample_rate} Hz, expected {sample_rate}")
+        if abs(audio.duration_s - turn["duration_s"]) > 0.05:
+            problems.append(f"{where}: audio lasts {audio.duration_s:.2f} s but duration_s says {turn['duration_s']}")
+        if turn["role"] == "assistant" and not turn["speech_units"]:
+            problems.append(f"{where}: assistant turn without speech units")
+        seconds += audio.duration_s
+    return seconds
+
+
+def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
+    """Check `out_dir`; returns (problems, counts). An empty problem list means the folder is sound."""
+    problems: list[str] = []
+    manifest_path = out_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        return [f"manifest.json missing or unreadable ({err})"], {}
+    if manifest.get("status") != "complete":
+        problems.append(f"manifest status is {manifest.get('status')!r}, not 'complete': resume the build")
+    seed, total, shards = manifest["seed"], manifest["num_dialogues"], manifest["num_shards"]
+    sample_rate = manifest["recipe"]["tts"]["sample_rate"]
+    kept_ids: list[str] = []
+    rejected_ids: list[str] = []
+    stats_sum: Counter[str] = Counter()
+    for k in range(shards):
+        name = f"{k:05d}-of-{shards:05d}"
+        files = {
+            "marker": out_dir / "completions" / f"shard-{k:05d}.done",
+            "stats": out_dir / "stats" / f"shard-{k:05d}.json",
+            "data": out_dir / "data" / f"train-{name}.parquet",
+            "rejects": out_dir / "rejects" / f"rejects-{name}.parquet",
+        }
+        missing = [what for what, path in files.items() if not path.exists()]
+        if missing:
+            problems.append(f"shard {k}: missing {', '.join(missing)}")
+            continue
+        stats = json.loads(files["stats"].read_text())
+        stats_sum.update({key: stats[key] for key in ("requested", "kept", "rejected")})
+        data = _read_table(files["data"], problems)
+        rejects = _read_table(files["rejects"], problems)
+        if data is None or rejects is None:
+            continue
+        if data.schema.names != list(ROW) or b"huggingface" not in (data.schema.metadata or {}):
+            problems.append(f"{files['data'].name}: columns or feature metadata differ from the data contract")
+        if rejects.schema.names != list(REJECT_ROW):
+            problems.append(f"{files['rejects'].name}: columns differ from the rejects contract")
+        rows = data.to_pylist()
+        if len(rows) != stats["kept"]:
+            problems.append(f"{files['data'].name}: {len(rows)} rows but its stats say {stats['kept']} kept")
+        for row in rows:
+            _check_row(row, sample_rate, problems)
+        kept_ids += [row["id"] for row in rows]
+        rejected_ids += [r["id"] for r in rejects.to_pylist() if r["level"] == "dialogue"]
+    for kind, ids in (("kept", kept_ids), ("rejected", rejected_ids), ("kept and rejected", kept_ids + rejected_ids)):
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if dupes:
+            problems.append(f"duplicate {kind} ids: {', '.join(dupes[:5])}")
+    expected = {dialogue_id(seed, i) for i in range(total)}
+    lost = sorted(expected - set(kept_ids) - set(rejected_ids))
+    if lost:
+        problems.append(f"{len(lost)} requested dialogue(s) neither kept nor rejected: {', '.join(lost[:5])}")
+    strangers = sorted(set(kept_ids + rejected_ids) - expected)
+    if strangers:
+        problems.append(f"ids not produced by this recipe: {', '.join(strangers[:5])}")
+    counts = manifest.get("counts", {})
+    for key in ("requested", "kept", "rejected"):
+        if counts.get(key) != stats_sum[key]:
+            problems.append(f"manifest counts {key}={counts.get(key)} but the shard stats add up to {stats_sum[key]}")
+    if len(kept_ids) != stats_sum["kept"] or len(rejected_ids) != stats_sum["rejected"]:
+        problems.append("the shards' rows do not add up to their stats")
+    leftovers = [p.name for p in out_dir.rglob("*.tmp")]
+    if leftovers:
+        problems.append(f"temp files left behind: {', '.join(leftovers[:5])}")
+    return problems, {"requested": total, "kept": len(kept_ids), "rejected": len(rejected_ids)}

@@ -90,8 +90,11 @@ def main() -> None:
             sign = intended_sign(catalogs.emotions[emotion].prosody, param)
             if sign == 0:
                 continue
-            ok = int(np.sum(np.sign(shifts_arr[:, col]) == sign))
-            verdicts.append(f"{name} {ok}/{len(shifts_arr)}")
+            right = np.sign(shifts_arr[:, col]) == sign
+            wrong = [catalogs.speakers[i].id for i in np.flatnonzero(~right)]
+            verdicts.append(
+                f"{name} {int(right.sum())}/{len(shifts_arr)}" + (f" (not: {', '.join(wrong)})" if wrong else "")
+            )
         mean = shifts_arr.mean(axis=0)
         print(f"{emotion:10} {mean[0]:7.2f} {mean[1]:9.2f} {mean[2]:7.2f} {mean[3]:9.3f}   " + ", ".join(verdicts))
 

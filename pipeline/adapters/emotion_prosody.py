@@ -32,14 +32,14 @@ def measure(audio: Audio) -> Prosodic:
     import parselmouth
 
     sound = parselmouth.Sound(audio.samples.astype(np.float64), sampling_frequency=audio.sample_rate)
-    f0 = sound.to_pitch(time_step=0.01, pitch_floor=60.0, pitch_ceiling=500.0).selected_array["frequency"]
+    f0 = sound.to_pitch(time_step=0.01, pitch_floor=40.0, pitch_ceiling=500.0).selected_array["frequency"]
     voiced = f0[f0 > 0]
     if len(voiced) < 5:
         f0_median, f0_range = float("nan"), float("nan")
     else:
         f0_median = float(np.median(voiced))
-        p10, p90 = np.percentile(voiced, [10, 90])
-        f0_range = float(12.0 * np.log2(p90 / p10))
+        p20, p80 = np.percentile(voiced, [20, 80])
+        f0_range = float(12.0 * np.log2(p80 / p20))
     rms = float(np.sqrt(np.mean(np.square(audio.samples)))) if len(audio.samples) else 0.0
     intensity = 20.0 * np.log10(max(rms, 1e-6))
     return Prosodic(f0_median, f0_range, float(intensity), audio.duration_s)

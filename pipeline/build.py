@@ -152,12 +152,26 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
 def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
     """Fail before any work if a model path the recipe names is missing."""
     from pipeline.adapters.asr_whisper import check_model_dir, default_model_dir
+    from pipeline.adapters.funasr_models import check_funasr_dir
+    from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
 
     try:
-        check_model_dir(Path(recipe.asr.model_path) if recipe.asr.model_path else default_model_dir())
+        if recipe.asr.backend == "funasr":
+            check_funasr_dir(recipe.asr.model_path, "asr.model_path")
+        else:
+            check_model_dir(Path(recipe.asr.model_path) if recipe.asr.model_path else default_model_dir())
+        if recipe.gates.emotion_check and recipe.gates.emotion_backend == "emotion2vec":
+            check_funasr_dir(recipe.gates.emotion_model_dir, "gates.emotion_model_dir")
+        if recipe.tts.backend == "cosyvoice2":
+            check_cosyvoice_paths(recipe.tts.cosyvoice_repo, recipe.tts.cosyvoice_model_dir)
+            raise FileNotFoundError(
+                "units.backend: the k-means codebook is fitted on eSpeak renderings, and no unit backend for "
+                "cosyvoice2 audio (the GLM-4-Voice tokenizer) exists yet; build with tts.backend espeak"
+            )
     except FileNotFoundError as err:
         raise RecipeError(str(err)) from None
-    check_voices(catalogs)
+    if recipe.tts.backend == "espeak":
+        check_voices(catalogs)
 
 
 def build(

@@ -14,6 +14,9 @@ from pipeline.recipe import Recipe, RecipeError
 from pipeline.records import EMOTIONS, INTENSITIES, Persona
 from pipeline.resources import resolve
 
+# eSpeak's volume at 100 clips when an emotion raises it by 60%; 75 leaves headroom (measured).
+DEFAULT_VOLUME = 75
+
 
 @dataclass(frozen=True)
 class Topic:
@@ -36,6 +39,19 @@ class Speaker:
 
 
 @dataclass(frozen=True)
+class PromptSpeaker:
+    """A CosyVoice2 zero-shot speaker: a prompt recording and its transcript."""
+
+    id: str
+    gender: str
+    age_group: str
+    accent: str
+    prompt_wav: Path
+    prompt_text: str
+    role: str = "user"  # or "assistant"
+
+
+@dataclass(frozen=True)
 class EmotionStyle:
     """How one emotion is rendered, and the assistant style that answers it."""
 
@@ -51,14 +67,15 @@ class Catalogs:
     version: str
     topics: tuple[Topic, ...]
     personas: tuple[Persona, ...]
-    speakers: tuple[Speaker, ...]
-    assistants: tuple[Speaker, ...]
+    speakers: tuple[Speaker | PromptSpeaker, ...]
+    assistants: tuple[Speaker | PromptSpeaker, ...]
     emotions: dict[str, EmotionStyle]
     intensity_scale: dict[str, float]
     prompts: dict[str, Any]
     prompts_version: str
+    production_speakers: tuple[PromptSpeaker, ...] = ()
 
-    def speaker(self, speaker_id: str) -> Speaker:
+    def speaker(self, speaker_id: str) -> Speaker | PromptSpeaker:
         """Look up a user or assistant speaker by id."""
         for speaker in self.speakers + self.assistants:
             if speaker.id == speaker_id:
@@ -96,6 +113,7 @@ def _speaker(entry: dict[str, Any], field: str) -> Speaker:
             pitch=int(entry["espeak"].get("pitch", 50)),
             pitch_range=int(entry["espeak"].get("pitch_range", 50)),
             rate=int(entry["espeak"].get("rate", 165)),
+            volume=int(entry["espeak"].get("volume", DEFAULT_VOLUME)),
         )
         return Speaker(
             id=str(entry["id"]),
@@ -106,6 +124,38 @@ def _speaker(entry: dict[str, Any], field: str) -> Speaker:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise RecipeError(f"{field}: malformed speaker entry {entry!r} ({err})") from None
+
+
+def _prompt_speaker(entry: dict[str, Any], folder: Path) -> PromptSpeaker:
+    """A production speaker whose prompt file exists and is readable mono-or-stereo audio of 1-30 s."""
+    import soundfile as sf
+
+    field = "tts.speakers (production)"
+    try:
+        wav = Path(entry["prompt_wav"])
+        speaker = PromptSpeaker(
+            id=str(entry["id"]),
+            gender=str(entry.get("gender", "")),
+            age_group=str(entry.get("age_group", "")),
+            accent=str(entry.get("accent", "")),
+            prompt_wav=wav if wav.is_absolute() else folder / wav,
+            prompt_text=str(entry["prompt_text"]),
+            role=str(entry.get("role", "user")),
+        )
+    except (KeyError, TypeError) as err:
+        raise RecipeError(f"{field}: entry {entry!r} needs id, prompt_wav and prompt_text ({err})") from None
+    where = f"{field}: speaker {speaker.id}: prompt_wav {speaker.prompt_wav}"
+    if not speaker.prompt_wav.is_file():
+        raise RecipeError(f"{where} does not exist; record or copy the prompt there")
+    try:
+        info = sf.info(str(speaker.prompt_wav))
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise RecipeError(f"{where} is not readable audio ({err})") from None
+    if info.frames == 0 or not 1.0 <= info.duration <= 30.0 or info.samplerate < 16000:
+        raise RecipeError(f"{where} must hold 1-30 s of audio at 16 kHz or more (has {info.duration:.1f} s)")
+    if not speaker.prompt_text.strip():
+        raise RecipeError(f"{field}: speaker {speaker.id}: prompt_text is empty; give the prompt's transcript")
+    return speaker
 
 
 def _select(items: tuple[Any, ...], wanted: list[str] | None, field: str, what: str) -> tuple[Any, ...]:
@@ -139,9 +189,14 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
         raise RecipeError("scenarios.catalog: the persona catalog is empty")
     topics = _select(topics, recipe.scenarios.topics, "scenarios.topics", "topic")
 
-    voices = _read_yaml(resolve(recipe.tts.speakers, "voices", base), "tts.speakers")
+    voices_path = resolve(recipe.tts.speakers, "voices", base)
+    voices = _read_yaml(voices_path, "tts.speakers")
+    production = tuple(_prompt_speaker(e, voices_path.parent) for e in voices.get("production") or [])
     speakers = tuple(_speaker(e, "tts.speakers") for e in voices.get("speakers") or [])
     assistants = tuple(_speaker(e, "tts.speakers") for e in voices.get("assistants") or [])
+    if recipe.tts.backend == "cosyvoice2":  # zero-shot prompt speakers instead of eSpeak voices
+        speakers = tuple(p for p in production if p.role == "user")
+        assistants = tuple(p for p in production if p.role == "assistant")
     speakers = _select(speakers, recipe.scenarios.speakers, "scenarios.speakers", "speaker")
     assistants = _select(assistants, recipe.tts.assistant_speakers, "tts.assistant_speakers", "assistant speaker")
 
@@ -171,6 +226,7 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
         intensity_scale=scale,
         prompts=prompts,
         prompts_version=str(prompts.get("version", "")),
+        production_speakers=production,
     )
 
 
@@ -179,6 +235,7 @@ def check_voices(catalogs: Catalogs) -> None:
     from pipeline.adapters.tts_espeak import EspeakEngine
 
     engine = EspeakEngine.instance()
-    bad = sorted({s.voice.name for s in catalogs.speakers + catalogs.assistants if not engine.has_voice(s.voice.name)})
+    voices = {s.voice.name for s in catalogs.speakers + catalogs.assistants if isinstance(s, Speaker)}
+    bad = sorted(name for name in voices if not engine.has_voice(name))
     if bad:
         raise RecipeError(f"tts.speakers: eSpeak NG has no voice {', '.join(map(repr, bad))}; fix the speaker catalog")

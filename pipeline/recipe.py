@@ -106,7 +106,13 @@ class LLMConfig(_Strict):
 class TTSConfig(_Strict):
     """Speech synthesis."""
 
-    backend: Literal["espeak"] = Field("espeak", description="TTS backend; `espeak` is the embedded eSpeak NG.")
+    backend: Literal["espeak", "cosyvoice2"] = Field(
+        "espeak",
+        description="`espeak`: embedded eSpeak NG; `cosyvoice2`: CosyVoice2 instruct2 mode on a GPU, "
+        "speaking the `production` speakers of the speaker catalog.",
+    )
+    cosyvoice_repo: str | None = Field(None, description="Local CosyVoice checkout (backend cosyvoice2).")
+    cosyvoice_model_dir: str | None = Field(None, description="Local CosyVoice2-0.5B folder (backend cosyvoice2).")
     speakers: str = Field("speakers.yaml", description="Speaker catalog (in voices/).")
     emotions: str = Field("emotions.yaml", description="Emotion rendering table (in voices/).")
     assistant_speakers: list[str] | None = Field(None, description="Assistant voice ids; all when omitted.")
@@ -116,8 +122,13 @@ class TTSConfig(_Strict):
 class ASRConfig(_Strict):
     """Speech recognition for the WER gate."""
 
-    backend: Literal["faster-whisper"] = Field("faster-whisper", description="ASR backend.")
-    model_path: str | None = Field(None, description="CTranslate2 Whisper folder; default: tiny.en from a wheel.")
+    backend: Literal["faster-whisper", "funasr"] = Field(
+        "faster-whisper", description="`faster-whisper` (any CTranslate2 Whisper) or `funasr` (Paraformer/SenseVoice)."
+    )
+    model_path: str | None = Field(
+        None, description="Model folder: CTranslate2 Whisper (default: tiny.en from a wheel) or a local FunASR model."
+    )
+    device: str = Field("cpu", description="`cpu`, `cuda` or `cuda:N`.")
     compute_type: str = Field("int8", description="CTranslate2 compute type.")
     cpu_threads: int = Field(1, ge=1, description="Threads per ASR actor.")
 
@@ -127,11 +138,17 @@ class GatesConfig(_Strict):
 
     max_wer: float = Field(0.34, ge=0, description="Highest word error rate of the ASR transcript vs the text.")
     emotion_check: bool = Field(True, description="Reject user turns whose measured emotion differs from the target.")
+    emotion_backend: Literal["prosody", "emotion2vec"] = Field(
+        "prosody",
+        description="`prosody`: embedded acoustic check against the speaker's neutral (eSpeak only); "
+        "`emotion2vec`: emotion2vec+ through FunASR from emotion_model_dir.",
+    )
+    emotion_model_dir: str | None = Field(None, description="Local emotion2vec+ folder (emotion_backend emotion2vec).")
     min_duration_s: float = Field(0.5, gt=0, description="Shortest allowed clip in seconds.")
     max_duration_s: float = Field(30.0, gt=0, description="Longest allowed clip in seconds.")
     max_edge_silence_s: float = Field(1.5, gt=0, description="Longest silence allowed at the start or the end.")
     max_clipped_fraction: float = Field(0.002, ge=0, description="Largest fraction of samples at full scale.")
-    min_loudness_db: float = Field(-40.0, description="Quietest allowed RMS level of the active frames, dBFS.")
+    min_loudness_db: float = Field(-45.0, description="Quietest allowed RMS level of the active frames, dBFS.")
     max_loudness_db: float = Field(-3.0, description="Loudest allowed RMS level of the active frames, dBFS.")
 
 
@@ -159,6 +176,14 @@ class Recipe(_Strict):
     units: UnitsConfig = Field(UnitsConfig(), description="Speech units.")
     resources: Resources = Field(Resources(), description="Ray resources per stage.")
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started by the CLI; all when omitted.")
+
+    @model_validator(mode="after")
+    def _backends_fit(self) -> Recipe:
+        if self.tts.backend != "espeak" and self.gates.emotion_check and self.gates.emotion_backend == "prosody":
+            raise ValueError(
+                "the prosody emotion check needs tts.backend espeak; set gates.emotion_backend emotion2vec"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the output (the identity of a run)."""

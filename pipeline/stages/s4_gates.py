@@ -11,7 +11,7 @@ from pipeline.adapters.asr_whisper import WhisperASR
 from pipeline.adapters.base import Audio
 from pipeline.adapters.emotion_prosody import ProsodyEmotionClassifier, measure, relative_features
 from pipeline.adapters.tts_espeak import EspeakEngine
-from pipeline.catalogs import Catalogs
+from pipeline.catalogs import Catalogs, Speaker
 from pipeline.io.audio import from_bytes
 from pipeline.recipe import GatesConfig
 from pipeline.records import EMOTIONS, INTENSITIES, Dialogue, Reject, Turn
@@ -83,6 +83,7 @@ class EmotionCheck:
         chosen = catalogs.speakers[::step][:calibration_speakers]
         self.calibration_speakers = [speaker.id for speaker in chosen]
         for speaker in chosen:
+            assert isinstance(speaker, Speaker)
             for sentence in CALIBRATION_SENTENCES:
                 neutral = measure(self.engine.synthesize(sentence, speaker.voice))
                 for emotion in EMOTIONS:
@@ -95,8 +96,24 @@ class EmotionCheck:
 
     def check(self, clip: Audio, text: str, speaker_id: str) -> tuple[str, float]:
         """Predicted emotion and score of `clip`, a rendering of `text` by `speaker_id`."""
-        neutral = self.engine.synthesize(text, self.catalogs.speaker(speaker_id).voice)
+        speaker = self.catalogs.speaker(speaker_id)
+        assert isinstance(speaker, Speaker), "the prosody check needs eSpeak speakers"
+        neutral = self.engine.synthesize(text, speaker.voice)
         prediction = self.classifier.classify(clip, neutral)
+        return prediction.emotion, prediction.score
+
+
+class Emotion2VecCheck:
+    """Production emotion check: emotion2vec+ on the clip alone (no neutral reference needed)."""
+
+    def __init__(self, model_dir: str | None, device: str) -> None:
+        from pipeline.adapters.funasr_models import Emotion2Vec
+
+        self.model = Emotion2Vec(model_dir, device)
+
+    def check(self, clip: Audio, text: str, speaker_id: str) -> tuple[str, float]:
+        """Predicted emotion and score of `clip`."""
+        prediction = self.model.classify(clip)
         return prediction.emotion, prediction.score
 
 
@@ -107,9 +124,20 @@ class AudioGates(Stage):
 
     def setup(self) -> None:
         """Load Whisper and calibrate the emotion check."""
-        asr = self.ctx.recipe.asr
-        self.asr = WhisperASR(asr.model_path, compute_type=asr.compute_type, cpu_threads=asr.cpu_threads)
-        self.emotion = EmotionCheck(self.ctx.catalogs) if self.ctx.recipe.gates.emotion_check else None
+        asr, gates = self.ctx.recipe.asr, self.ctx.recipe.gates
+        if asr.backend == "funasr":
+            from pipeline.adapters.funasr_models import FunASRTranscriber
+
+            self.asr: WhisperASR | FunASRTranscriber = FunASRTranscriber(asr.model_path, asr.device)
+        else:
+            self.asr = WhisperASR(
+                asr.model_path, device=asr.device, compute_type=asr.compute_type, cpu_threads=asr.cpu_threads
+            )
+        self.emotion: EmotionCheck | Emotion2VecCheck | None = None
+        if gates.emotion_check and gates.emotion_backend == "emotion2vec":
+            self.emotion = Emotion2VecCheck(gates.emotion_model_dir, asr.device)
+        elif gates.emotion_check:
+            self.emotion = EmotionCheck(self.ctx.catalogs)
 
     def gate(self, turn: Turn) -> Reject | None:
         """Measure one turn (fills asr_text, wer, emotion_measured/score); a Reject if it fails."""

@@ -1,0 +1,99 @@
+"""Production backends: clear errors for missing paths here; real runs where the weights are (gpu)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import write_recipe
+
+from pipeline.catalogs import load_catalogs
+from pipeline.recipe import RecipeError, load_recipe
+
+
+def _gpu_path(var: str) -> str:
+    value = os.environ.get(var, "")
+    if not value or not Path(value).exists():
+        pytest.skip(f"set {var} to a local model folder to run this production test")
+    return value
+
+
+def test_cosyvoice_recipe_needs_emotion2vec(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="set gates.emotion_backend emotion2vec"):
+        load_recipe(write_recipe(tmp_path, tts={"backend": "cosyvoice2"}))
+
+
+def test_missing_production_paths_name_the_recipe_field() -> None:
+    from pipeline.adapters.funasr_models import check_funasr_dir
+    from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
+
+    with pytest.raises(FileNotFoundError, match="tts.cosyvoice_repo"):
+        check_cosyvoice_paths("/nowhere/CosyVoice", "/nowhere/model")
+    with pytest.raises(FileNotFoundError, match="asr.model_path: '/nowhere' is not a local FunASR model folder"):
+        check_funasr_dir("/nowhere", "asr.model_path")
+    with pytest.raises(FileNotFoundError, match="gates.emotion_model_dir"):
+        check_funasr_dir(None, "gates.emotion_model_dir")
+
+
+def test_build_with_missing_funasr_dir_fails_before_writing(tmp_path: Path) -> None:
+    from pipeline.build import build
+
+    recipe = write_recipe(tmp_path, asr={"backend": "funasr", "model_path": str(tmp_path / "nope")})
+    with pytest.raises(RecipeError, match="asr.model_path"):
+        build(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _catalog_with_prompt(tmp_path: Path, prompt: str) -> Path:
+    speakers = tmp_path / "speakers.yaml"
+    speakers.write_text(
+        "speakers:\n  - {id: a, espeak: {voice: en-us}}\nassistants:\n  - {id: b, espeak: {voice: en-us}}\n"
+        f"production:\n  - {{id: p1, prompt_wav: {prompt}, prompt_text: Hello there, how are you today}}\n"
+    )
+    return speakers
+
+
+def test_production_speakers_are_checked_on_load(tmp_path: Path) -> None:
+    sr = 16000
+    sf.write(tmp_path / "good.wav", 0.1 * np.sin(np.arange(3 * sr) * 0.05).astype(np.float32), sr)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("this is not audio at all")
+    sf.write(tmp_path / "short.wav", np.zeros(sr // 4, dtype=np.float32), sr)
+    ok = load_catalogs(
+        load_recipe(write_recipe(tmp_path, tts={"speakers": str(_catalog_with_prompt(tmp_path, "good.wav"))}))
+    )
+    assert ok.production_speakers[0].prompt_wav == tmp_path / "good.wav"
+    for name, message in [
+        ("missing.wav", "does not exist"),
+        ("empty.wav", "not readable audio"),
+        ("text.wav", "not readable audio"),
+        ("short.wav", "must hold 1-30 s"),
+    ]:
+        recipe = load_recipe(write_recipe(tmp_path, tts={"speakers": str(_catalog_with_prompt(tmp_path, name))}))
+        with pytest.raises(RecipeError, match=message):
+            load_catalogs(recipe)
+
+
+@pytest.mark.gpu
+def test_cosyvoice2_renders_with_instruct() -> None:
+    from pipeline.adapters.tts_cosyvoice import CosyVoiceTTS
+
+    tts = CosyVoiceTTS(_gpu_path("COSYVOICE_REPO"), _gpu_path("COSYVOICE_MODEL_DIR"))
+    prompt = Path(_gpu_path("COSYVOICE_PROMPT_WAV"))
+    audio = tts.synthesize("I cannot believe this happened today.", "Speak sadly, slowly and softly.", prompt)
+    assert audio.sample_rate == 24000 and audio.duration_s > 1.0
+
+
+@pytest.mark.gpu
+def test_funasr_transcribes_and_emotion2vec_classifies() -> None:
+    from pipeline.adapters.funasr_models import Emotion2Vec, FunASRTranscriber
+    from pipeline.adapters.tts_espeak import EspeakEngine, Voice
+
+    audio = EspeakEngine.instance().synthesize("Hello there, how are you today?", Voice("en-us"))
+    text = FunASRTranscriber(_gpu_path("FUNASR_ASR_DIR")).transcribe(audio).text
+    assert "how are you" in text.lower()
+    prediction = Emotion2Vec(_gpu_path("EMOTION2VEC_DIR")).classify(audio)
+    assert 0.0 <= prediction.score <= 1.0

@@ -80,6 +80,8 @@ def build(
         fail(str(err), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         fail(f"interrupted; completed shards are kept, re-run the same command to resume into {out}", EXIT_INTERRUPTED)
+    except OSError as err:
+        fail(f"{err}; completed shards are kept, fix the cause and re-run the same command to resume", EXIT_FAILED)
     Console().print(summary_table(result.totals, result.wall_s))
     if result.resumed:
         console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")

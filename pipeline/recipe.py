@@ -93,6 +93,9 @@ class LLMConfig(_Strict):
     max_tokens: int = Field(60, ge=8, description="Token budget per turn (turns) or per turn x turns (dialogue).")
     max_retries: int = Field(2, ge=0, description="Extra attempts after invalid output, then a reject.")
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one request in seconds.")
+    request_retries: int = Field(
+        3, ge=0, description="Retries of a failed request (429 honouring Retry-After, 5xx, timeout, reset, bad body)."
+    )
     min_words: int = Field(4, ge=1, description="Fewest words a turn may have.")
     max_words: int = Field(60, ge=1, description="Most words a turn may have.")
 

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, run_cli, write_recipe
 
+from pipeline.verify import verify
+
 pytestmark = pytest.mark.slow
 
 
@@ -59,6 +61,7 @@ def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subpr
     assert (out / "units" / "codebook.npz").exists()
     assert not list(out.rglob("*.tmp"))
     assert not _llama_servers(), "the embedded LLM server outlived the build"
+    assert verify(out) == ([], {"requested": 2, "kept": len(kept), "rejected": len(rejected)})
 
 
 def test_rows_follow_the_data_contract(built: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -151,3 +154,4 @@ def test_sigkill_mid_run_then_resume_gives_the_same_ids(tmp_path: Path) -> None:
         pq.read_table(shard)  # every visible shard is whole
     assert not list(out.rglob("*.tmp"))
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert verify(out)[0] == []

@@ -11,6 +11,7 @@ from conftest import CLI, REPO, write_recipe
 
 from pipeline.adapters.llm_client import LLMError, api_key
 from pipeline.recipe import LLMConfig
+from pipeline.verify import verify
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-test-9f8e7d6c5b4a-do-not-leak"
@@ -39,3 +40,4 @@ def test_key_never_reaches_any_output_file(tmp_path: Path, llm_url: str) -> None
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
     assert "OPENS2S_TEST_KEY" in (out / "manifest.json").read_text()  # the variable's name, not its value
+    assert verify(out)[0] == []

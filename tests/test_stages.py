@@ -149,6 +149,20 @@ def test_invalid_dialogue_output_is_retried_then_rejected(
     assert handler.calls == 3  # one try plus two retries
 
 
+def test_huge_and_non_english_turns_are_rejected(tmp_path: Path, canned_server: tuple[str, type[_Canned]]) -> None:
+    url, handler = canned_server
+    ctx = make_ctx(tmp_path, url, llm={"backend": "openai", "base_url": url, "max_retries": 0})
+    writer = DialogueWriter(ctx)
+    writer.setup()
+    for body, reason in [
+        ("word " * 50_000, "llm_too_long"),
+        ("Ich bin sehr traurig \u00fcber alles heute.", "llm_not_plain_english"),
+    ]:
+        handler.body = json.loads(f'"{body}"')
+        dialogue = writer.run(ScenarioSampler(ctx).new(0))
+        assert dialogue.reject is not None and dialogue.reject.reason == reason
+
+
 def _rendered(ctx: BuildContext, texts: list[str], emotion: str = "angry", intensity: str = "high") -> Dialogue:
     dialogue = ScenarioSampler(ctx).new(0)
     speaker = ctx.catalogs.speakers[0].id

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from typing import Any
 
 from pipeline.recipe import LLMConfig
@@ -30,7 +32,9 @@ class ChatClient:
 
         self.cfg = cfg
         self._openai = openai
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key(cfg), timeout=cfg.timeout_s, max_retries=2)
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key(cfg), timeout=cfg.timeout_s, max_retries=cfg.request_retries
+        )
 
     def chat(
         self,
@@ -52,18 +56,27 @@ class ChatClient:
                 }
             else:
                 kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        try:
-            resp = self._client.chat.completions.create(
-                model=self.cfg.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.cfg.temperature,
-                max_tokens=max_tokens,
-                seed=seed,
-                extra_body=extra or None,
-                **kwargs,
-            )
-        except self._openai.OpenAIError as err:
-            raise LLMError(f"{type(err).__name__}: {err}"[:300]) from None
-        if not resp.choices:
-            return ""
-        return resp.choices[0].message.content or ""
+        # The openai client retries 429 (honouring Retry-After), 5xx, timeouts and resets itself;
+        # a 200 whose body is not JSON (truncated, empty) it does not, so that is retried here.
+        for attempt in itertools.count():
+            try:
+                resp = self._client.chat.completions.create(
+                    model=self.cfg.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    temperature=self.cfg.temperature,
+                    max_tokens=max_tokens,
+                    seed=seed,
+                    extra_body=extra or None,
+                    **kwargs,
+                )
+            except self._openai.OpenAIError as err:
+                raise LLMError(f"{type(err).__name__}: {err}"[:300]) from None
+            except ValueError as err:  # json.JSONDecodeError from a broken body
+                if attempt >= self.cfg.request_retries:
+                    raise LLMError(f"the server sent a response body that is not JSON: {err}"[:300]) from None
+                time.sleep(min(0.5 * 2**attempt, 8.0))
+                continue
+            if not resp.choices:
+                return ""
+            return resp.choices[0].message.content or ""
+        raise AssertionError("itertools.count() does not end")

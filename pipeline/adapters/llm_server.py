@@ -87,7 +87,9 @@ class EmbeddedLLMServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(self.ctx_size),
             "--model_alias", self.model_path.stem,
-            "--cache", "true", "--cache_type", "ram", "--cache_size", str(256 << 20),
+            # The RAM prompt cache keeps the user and assistant prompt prefixes (~50 MB of KV each);
+            # 128 MB holds both. Each entry also keeps a logits array, so more costs GBs of RSS.
+            "--cache", "true", "--cache_type", "ram", "--cache_size", str(128 << 20),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(

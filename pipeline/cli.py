@@ -83,6 +83,12 @@ def build(
     except OSError as err:
         fail(f"{err}; completed shards are kept, fix the cause and re-run the same command to resume", EXIT_FAILED)
     Console().print(summary_table(result.totals, result.wall_s))
+    crashed = sum(n for reason, n in result.totals["rejected_by_reason"].items() if reason.endswith("_error"))
+    if crashed:
+        console.print(
+            f"[yellow]warning:[/] {crashed} dialogue(s) were rejected because a stage raised an error "
+            "(reason *_error); the `detail` column of rejects/ has the exception"
+        )
     if result.resumed:
         console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")
     if not result.complete:

@@ -96,6 +96,9 @@ class LLMConfig(_Strict):
     request_retries: int = Field(
         3, ge=0, description="Retries of a failed request (429 honouring Retry-After, 5xx, timeout, reset, bad body)."
     )
+    cache_requests: bool = Field(
+        True, description="Keep finished requests in OUT/cache/llm.sqlite so that a resumed build never resends them."
+    )
     min_words: int = Field(4, ge=1, description="Fewest words a turn may have.")
     max_words: int = Field(60, ge=1, description="Most words a turn may have.")
 

@@ -7,6 +7,7 @@ timeout, a truncated JSON body, an empty body, or a reset connection. GETs pass 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import socket
@@ -28,6 +29,7 @@ class FaultProxy:
         self.rate = rate
         self.hang_s = hang_s
         self.counts: Counter[str] = Counter()
+        self.arrived: list[str] = []  # sha256 of each POST body, in arrival order
         self._rng = random.Random(seed)
         self._cycle = itertools.cycle(FAULTS)
         self._lock = threading.Lock()
@@ -40,6 +42,7 @@ class FaultProxy:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                proxy.arrived.append(hashlib.sha256(body).hexdigest())
                 fault = proxy._pick()
                 if fault == "connection_reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

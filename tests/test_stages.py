@@ -151,7 +151,8 @@ def test_invalid_dialogue_output_is_retried_then_rejected(
 
 def test_huge_and_non_english_turns_are_rejected(tmp_path: Path, canned_server: tuple[str, type[_Canned]]) -> None:
     url, handler = canned_server
-    ctx = make_ctx(tmp_path, url, llm={"backend": "openai", "base_url": url, "max_retries": 0})
+    llm = {"backend": "openai", "base_url": url, "max_retries": 0, "cache_requests": False}
+    ctx = make_ctx(tmp_path, url, llm=llm)
     writer = DialogueWriter(ctx)
     writer.setup()
     for body, reason in [
@@ -165,12 +166,12 @@ def test_huge_and_non_english_turns_are_rejected(tmp_path: Path, canned_server: 
 
 def _rendered(ctx: BuildContext, texts: list[str], emotion: str = "angry", intensity: str = "high") -> Dialogue:
     dialogue = ScenarioSampler(ctx).new(0)
-    speaker = ctx.catalogs.speakers[0].id
+    user, assistant = ctx.catalogs.speakers[0].id, ctx.catalogs.assistants[0].id
     for n, text in enumerate(texts, start=1):
-        role = "user" if n % 2 else "assistant"
-        dialogue.turns.append(
-            Turn(f"{dialogue.id}-t0{n}", role, text, emotion if role == "user" else "neutral", intensity, speaker)
-        )
+        if n % 2:
+            dialogue.turns.append(Turn(f"{dialogue.id}-t0{n}", "user", text, emotion, intensity, user))
+        else:
+            dialogue.turns.append(Turn(f"{dialogue.id}-t0{n}", "assistant", text, "neutral", "low", assistant))
     tts = Synthesizer(ctx)
     tts.setup()
     return tts.run(dialogue)

@@ -67,6 +67,7 @@ class WhisperASR:
             samples,
             language=self._language,
             beam_size=self._beam_size,
+            temperature=0.0,  # no sampling fallback: the same audio always gives the same transcript
             condition_on_previous_text=False,
             vad_filter=False,
             without_timestamps=True,

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from pipeline.io.request_cache import RequestCache
 from pipeline.recipe import LLMConfig
 
 
@@ -27,10 +28,12 @@ def api_key(cfg: LLMConfig) -> str:
 class ChatClient:
     """Sends chat completions; knows how each server flavour takes sampling options and schemas."""
 
-    def __init__(self, cfg: LLMConfig, base_url: str) -> None:
+    def __init__(self, cfg: LLMConfig, base_url: str, cache: RequestCache | None = None) -> None:
         import openai
 
         self.cfg = cfg
+        self.cache = cache
+        self.cache_hits = 0
         self._openai = openai
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key(cfg), timeout=cfg.timeout_s, max_retries=cfg.request_retries
@@ -43,32 +46,43 @@ class ChatClient:
         max_tokens: int,
         schema: dict[str, Any] | None = None,
     ) -> str:
-        """One chat completion; returns the message text ('' if the server sent none)."""
-        extra: dict[str, Any] = {}
+        """One chat completion; returns the message text ('' if the server sent none).
+
+        With a request cache, a payload answered before is replayed and not sent again.
+        """
+        payload: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+        }
         if self.cfg.backend == "embedded" or self.cfg.response_format == "json_object_schema":
-            extra["repeat_penalty"] = self.cfg.repeat_penalty
-        kwargs: dict[str, Any] = {}
+            payload["extra_body"] = {"repeat_penalty": self.cfg.repeat_penalty}
         if schema is not None:
             if self.cfg.response_format == "json_schema":
-                kwargs["response_format"] = {
+                payload["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": "dialogue", "schema": schema, "strict": True},
                 }
             else:
-                kwargs["response_format"] = {"type": "json_object", "schema": schema}
+                payload["response_format"] = {"type": "json_object", "schema": schema}
+        if self.cache is not None:
+            cached = self.cache.get(payload)
+            if cached is not None:
+                self.cache_hits += 1
+                return cached
+        text = self._send(payload)
+        if self.cache is not None:
+            self.cache.put(payload, text)
+        return text
+
+    def _send(self, payload: dict[str, Any]) -> str:
         # The openai client retries 429 (honouring Retry-After), 5xx, timeouts and resets itself;
         # a 200 whose body is not JSON (truncated, empty) it does not, so that is retried here.
         for attempt in itertools.count():
             try:
-                resp = self._client.chat.completions.create(
-                    model=self.cfg.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=self.cfg.temperature,
-                    max_tokens=max_tokens,
-                    seed=seed,
-                    extra_body=extra or None,
-                    **kwargs,
-                )
+                resp = self._client.chat.completions.create(**payload)
             except self._openai.OpenAIError as err:
                 raise LLMError(f"{type(err).__name__}: {err}"[:300]) from None
             except ValueError as err:  # json.JSONDecodeError from a broken body

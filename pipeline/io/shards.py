@@ -6,6 +6,7 @@ Layout (the data contract):
     stats/shard-XXXXX.json                 counts of one shard
     completions/shard-XXXXX.done           written last: the shard is final and never rewritten
     units/codebook.npz                     the dataset's speech-unit codebook
+    cache/llm.sqlite                       finished LLM requests, replayed on resume
     manifest.json                          recipe, hash, seed, versions, counts
 
 Shard k holds dialogues k*shard_size ... (k+1)*shard_size-1. Each file is written to a temp file and
@@ -81,7 +82,7 @@ REJECT_ROW = {
     "emotion_score": "float32",
     "measured_json": "string",
 }
-STAGE_DIRS = ("data", "rejects", "stats", "completions", "units")
+STAGE_DIRS = ("data", "rejects", "stats", "completions", "units", "cache")
 
 
 def _arrow_type(kind: Any) -> Any:
@@ -234,11 +235,11 @@ class OutputFolder:
         Raises FileExistsError as `check` does, and PermissionError if the folder is not writable.
         """
         resumed = self.check(overwrite)
-        if not resumed:
-            for name in STAGE_DIRS:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-            (self.root / "manifest.json").unlink(missing_ok=True)
         try:
+            if not resumed and self.root.is_dir():
+                for name in STAGE_DIRS:
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+                (self.root / "manifest.json").unlink(missing_ok=True)
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
             probe.write_bytes(b"")

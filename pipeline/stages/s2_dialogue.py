@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.adapters.llm_client import ChatClient, LLMError
+from pipeline.io.request_cache import CACHE_PATH, RequestCache
 from pipeline.records import Dialogue, Reject, Turn, turn_id
 from pipeline.stages.base import Stage
 
@@ -83,10 +84,11 @@ class DialogueWriter(Stage):
     name = "dialogue"
 
     def setup(self) -> None:
-        """Open the OpenAI client against the run's endpoint."""
+        """Open the OpenAI client against the run's endpoint (with the folder's request cache)."""
         self.cfg = self.ctx.recipe.llm
         self.prompts = self.ctx.catalogs.prompts
-        self.client = ChatClient(self.cfg, self.ctx.llm_base_url)
+        cache = RequestCache(self.ctx.out_dir / CACHE_PATH) if self.cfg.cache_requests else None
+        self.client = ChatClient(self.cfg, self.ctx.llm_base_url, cache)
 
     def process(self, dialogue: Dialogue) -> Dialogue:
         """Fill `dialogue.turns` with text, or reject it with the reason of the last failure."""

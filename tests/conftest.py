@@ -35,6 +35,20 @@ def write_recipe(folder: Path, name: str = "tiny", **overrides: object) -> Path:
     return path
 
 
+def processes_matching(fragment: bytes) -> list[int]:
+    """Pids of running processes whose command line contains `fragment`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if fragment in cmd:
+                found.append(int(entry.name))
+    return found
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run `opens2s-data ARGS` in a subprocess and capture its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

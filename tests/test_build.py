@@ -11,24 +11,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLI, REPO, run_cli, write_recipe
+from conftest import CLI, REPO, processes_matching, run_cli, write_recipe
 
 from pipeline.verify import verify
 
 pytestmark = pytest.mark.slow
-
-
-def _llama_servers() -> set[int]:
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"llama_cpp.server" in cmd:
-                found.add(int(proc.name))
-    return found
 
 
 def _ids(out: Path) -> tuple[list[str], list[str]]:
@@ -60,7 +47,7 @@ def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subpr
     assert len(list((out / "completions").iterdir())) == 2
     assert (out / "units" / "codebook.npz").exists()
     assert not list(out.rglob("*.tmp"))
-    assert not _llama_servers(), "the embedded LLM server outlived the build"
+    assert not processes_matching(b"llama_cpp.server"), "the embedded LLM server outlived the build"
     assert verify(out) == ([], {"requested": 2, "kept": len(kept), "rejected": len(rejected)})
 
 

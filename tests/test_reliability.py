@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, REPO, run_cli, write_recipe
+from conftest import CLI, REPO, processes_matching, run_cli, write_recipe
 from faultproxy import FAULTS, FaultProxy
 
 from pipeline.adapters.llm_client import ChatClient, LLMError
@@ -99,26 +99,13 @@ def test_killed_ray_worker_is_retried(tmp_path: Path) -> None:
     deadline = time.monotonic() + 240
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
         if list((out / "completions").glob("*.done")):
-            victim = next(iter(_stage_workers()), None)
+            victim = next(iter(processes_matching(b"MapWorker(MapBatches(RayStage))")), None)
         time.sleep(0.2)
     assert victim is not None, "no stage worker to kill while the build ran"
     os.kill(victim, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     _accounted(out, 4)
-
-
-def _stage_workers() -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"MapWorker(MapBatches(RayStage))" in cmd:
-                found.append(int(entry.name))
-    return found
 
 
 def test_full_disk_while_writing_a_shard_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subpr
     assert len(list((out / "completions").iterdir())) == 2
     assert (out / "units" / "codebook.npz").exists()
     assert not list(out.rglob("*.tmp"))
-    assert not processes_matching(b"llama_cpp.server"), "the embedded LLM server outlived the build"
+    own_server = f"{sys.executable}\0-m\0llama_cpp.server".encode()  # this venv's, not another checkout's
+    assert not processes_matching(own_server), "the embedded LLM server outlived the build"
     assert verify(out) == ([], {"requested": 2, "kept": len(kept), "rejected": len(rejected)})
 
 

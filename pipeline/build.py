@@ -227,7 +227,8 @@ def build(
             out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
             with ray_session(recipe, ray_address):
-                result.shards_written = _write_as_they_finish(out, dialogue_stream(ctx, indices), on_progress)
+                stream = dialogue_stream(ctx, indices)
+                result.shards_written = _write_as_they_finish(out, stream, len(indices), on_progress)
     result.totals = out.totals()
     result.complete = not out.pending_shards()
     result.wall_s = time.monotonic() - started
@@ -239,12 +240,12 @@ def build(
 def _write_as_they_finish(
     out: OutputFolder,
     stream: Iterator[Dialogue],
+    total: int,
     on_progress: Callable[[int, int, Dialogue | None], None] | None,
 ) -> int:
     """Buffer dialogues per shard and write each shard as soon as it is whole; returns shards written."""
     buffers: dict[int, list[Dialogue]] = defaultdict(list)
     first_seen: dict[int, float] = {}
-    total = sum(len(out.shard_indices(k)) for k in out.pending_shards())
     done = written = 0
     for dialogue in stream:
         shard = dialogue.shard

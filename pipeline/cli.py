@@ -180,6 +180,11 @@ def recipe_schema() -> None:
     sys.stdout.write(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
 
 
+# --- training and export (issue 5) ---
+
+# --- review, report and stats (issue 6) ---
+
+
 def main() -> None:
     """Entry point of the console script."""
     app()

@@ -1,0 +1,1 @@
+"""The annotators' review page, the dataset report and build statistics."""

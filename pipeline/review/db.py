@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,10 @@ class JudgementStore:
     def __init__(self, out_dir: Path, create: bool = True) -> None:
         """Open (and with `create`, make) `out_dir/review/judgements.sqlite`."""
         self.path = Path(out_dir) / DB_PATH
-        self._local = threading.local()
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
                 conn.execute(_SCHEMA)
 
     @property
@@ -59,15 +60,14 @@ class JudgementStore:
         """True when the database file exists."""
         return self.path.exists()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived autocommit connection (one per operation, so any thread or process may write)."""
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     def upsert(
         self,
@@ -105,11 +105,12 @@ class JudgementStore:
             "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
-        self._connect().execute(
-            f"INSERT INTO judgements ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-            f"ON CONFLICT (annotator, sample_id) DO UPDATE SET {updates}",
-            [row[c] for c in _COLUMNS],
-        )
+        with self._connect() as conn:
+            conn.execute(
+                f"INSERT INTO judgements ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+                f"ON CONFLICT (annotator, sample_id) DO UPDATE SET {updates}",
+                [row[c] for c in _COLUMNS],
+            )
         return {**row, "reasons": json.loads(row["reasons"])}
 
     def all(self, annotator: str | None = None) -> list[dict[str, Any]]:
@@ -121,7 +122,8 @@ class JudgementStore:
         if annotator is not None:
             query += " WHERE annotator = ?"
             args.append(annotator)
-        rows = self._connect().execute(query + " ORDER BY annotator, sample_id", args).fetchall()
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY annotator, sample_id", args).fetchall()
         return [{**dict(zip(_COLUMNS, r, strict=True)), "reasons": json.loads(r[3])} for r in rows]
 
     def export_parquet(self, out: Path) -> int:

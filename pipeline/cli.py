@@ -185,6 +185,120 @@ def recipe_schema() -> None:
 # --- review, report and stats (issue 6) ---
 
 
+def _build_output(out: Path) -> Any:
+    """The build output at `out`, or one `error:` line and exit 2."""
+    from pipeline.review.dataset import BuildOutput, NotABuildOutputError
+
+    try:
+        return BuildOutput(out)
+    except NotABuildOutputError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+
+
+def _step_progress() -> tuple[Progress, Any]:
+    """A progress bar for steps that report (step, done, total); returns it and its update callback."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=console)
+    tasks: dict[str, Any] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if step not in tasks:
+            tasks[step] = progress.add_task(step, total=total)
+        progress.update(tasks[step], completed=done, total=total)
+
+    return progress, update
+
+
+@app.command()
+def review(
+    out: Annotated[Path, typer.Argument(help="A build's output folder.")],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the page.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    annotator: Annotated[str, typer.Option(help="Default annotator name shown on the page.")] = "",
+    size: Annotated[int, typer.Option(min=1, help="Default queue size (the page can change it).")] = 20,
+    seed: Annotated[int, typer.Option(help="Default sampling seed (the page can change it).")] = 0,
+) -> None:
+    """Serve the annotators' review page over OUT (judgements go to OUT/review/judgements.sqlite)."""
+    from pipeline.review.server import ReviewApp, ReviewHTTPServer
+
+    build = _build_output(out)
+    progress, update = _step_progress()
+    with progress:
+        build.samples(lambda done, total: update("reading shards", done, total))
+    try:
+        server = ReviewHTTPServer(ReviewApp(build, annotator, size, seed), host, port)
+    except OSError as err:
+        fail(
+            f"cannot listen on {host}:{port} ({err.strerror}); pass another --port (0 picks a free one)", EXIT_BAD_INPUT
+        )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {host}: anyone who reaches this address can judge samples")
+    Console().print(f"review page: {server.url}  (Ctrl-C stops; judgements in {server.app.store.path})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
+
+
+@app.command("review-export")
+def review_export(
+    out: Annotated[Path, typer.Argument(help="A build's output folder with judgements.")],
+    to: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+) -> None:
+    """Export every annotator's judgements of OUT to a Parquet file."""
+    from pipeline.review.db import JudgementStore
+
+    build = _build_output(out)
+    store = JudgementStore(build.root, create=False)
+    if not store.exists:
+        fail(f"no judgements in {store.path}; annotate first with `opens2s-data review {out}`", EXIT_BAD_INPUT)
+    try:
+        rows = store.export_parquet(to)
+    except OSError as err:
+        fail(f"cannot write {to} ({err.strerror or err}); choose a writable --out path", EXIT_FAILED)
+    Console().print(f"wrote {to} ({rows} judgement(s))")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="A build's output folder.")],
+    samples: Annotated[int, typer.Option(min=0, help="Dialogues embedded with playable audio.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the embedded samples' stratified draw.")] = 0,
+) -> None:
+    """Write OUT/report.html: coverage, durations, WER, emotion confusion, rejections, throughput, samples."""
+    from pipeline.review.report import build_report
+
+    _build_output(out)
+    progress, update = _step_progress()
+    try:
+        with progress:
+            path, _ = build_report(out, samples=samples, seed=seed, on_progress=update)
+    except OSError as err:
+        fail(f"cannot write the report into {out} ({err.strerror or err}); make the folder writable", EXIT_FAILED)
+    Console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def stats(
+    out: Annotated[Path, typer.Argument(help="A build's output folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Print the build's numbers (and the review's acceptance per stratum) as tables or JSON."""
+    import json
+
+    from pipeline.review.stats import compute_stats, stats_tables
+
+    build = _build_output(out)
+    numbers = compute_stats(build)
+    if as_json:
+        sys.stdout.write(json.dumps(numbers, indent=2) + "\n")
+        return
+    terminal = Console()
+    for table in stats_tables(numbers):
+        terminal.print(table)
+
+
 def main() -> None:
     """Entry point of the console script."""
     app()

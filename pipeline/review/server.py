@@ -282,8 +282,10 @@ def make_server(
     size: int = 20,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> ReviewHTTPServer:
-    """A review server over `out_dir` (raises NotABuildOutputError for a folder that is not a build)."""
+    """A review server over `out_dir`, its index read (raises NotABuildOutputError for a folder that is not a
+    build, OSError when the address cannot be bound)."""
     build = BuildOutput(Path(out_dir))
-    build.samples()
+    build.samples(on_progress)
     return ReviewHTTPServer(ReviewApp(build, annotator, size, seed), host, port, log)

@@ -182,6 +182,68 @@ def recipe_schema() -> None:
 
 # --- training and export (issue 5) ---
 
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="A build's output folder (its data/*.parquet shards).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (re-running on it resumes).")],
+    config: Annotated[str, typer.Option("--config", help="tiny (random init) or opens2s (local weights).")] = "tiny",
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps in total (a resume continues to this).")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Dialogues per step.")] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-3,
+    trainable: Annotated[str, typer.Option("--trainable", help="adapters or adapters-llm-tts.")] = "adapters-llm-tts",
+    spk_emb: Annotated[str, typer.Option("--spk-emb", help="Speaker vector: code, zeros or none.")] = "code",
+    save_every: Annotated[int, typer.Option("--save-every", help="Also checkpoint every N steps (0: at the end).")] = 0,
+    log_every: Annotated[int, typer.Option("--log-every", help="Log the mean losses every N steps.")] = 10,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    audio_model: Annotated[str | None, typer.Option("--audio-model", help="opens2s: Qwen2-Audio folder.")] = None,
+    llm_model: Annotated[str | None, typer.Option("--llm-model", help="opens2s: Qwen3 LLM folder.")] = None,
+    tts_model: Annotated[str | None, typer.Option("--tts-model", help="opens2s: TTS LM folder.")] = None,
+) -> None:
+    """Train the bundled speech-to-speech model on DATA_DIR's shards; logs text and unit loss separately."""
+    from pipeline.train.trainer import TrainError, TrainOptions
+    from pipeline.train.trainer import train as run_train
+
+    options = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, trainable=trainable, spk_emb=spk_emb,
+                           save_every=save_every, log_every=max(log_every, 1), device=device)  # fmt: skip
+
+    def on_log(r: dict[str, float]) -> None:
+        console.print(f"step {r['step']:>6}  text_loss {r['text_loss']:.4f}  unit_loss {r['unit_loss']:.4f}  "
+                      f"{r['samples_per_s']:.1f} samples/s", highlight=False)  # fmt: skip
+
+    paths = {"audio": audio_model, "llm": llm_model, "tts": tts_model}
+    try:
+        result = run_train(data_dir, out, config, options, model_paths=paths, on_log=on_log)
+    except TrainError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        fail(f"interrupted; re-run the same command to resume from the last checkpoint in {out}", EXIT_INTERRUPTED)
+    how = f"resumed at step {result.start_step}, " if result.resumed else ""
+    Console().print(f"wrote {result.checkpoint} ({how}step {result.step}, {result.samples_per_s:.1f} samples/s)")
+
+
+@app.command()
+def export(
+    data_dir: Annotated[Path, typer.Argument(help="A build's output folder.")],
+    out: Annotated[Path, typer.Option("--out", help="The .jsonl file to write (assets go next to it).")],
+    fmt: Annotated[str, typer.Option("--format", help="opens2s-jsonl (upstream `messages`).")] = "opens2s-jsonl",
+    spk_emb: Annotated[str, typer.Option("--spk-emb", help="spk_emb files: code, zeros or none (empty).")] = "code",
+) -> None:
+    """Export the kept dialogues to the upstream OpenS2S training JSONL."""
+    from pipeline.train.export import FORMATS, ExportError, export_opens2s_jsonl
+
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}", EXIT_BAD_INPUT)
+    try:
+        result = export_opens2s_jsonl(data_dir, out, spk_emb)
+    except ExportError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    Console().print(
+        f"wrote {result.jsonl}: {result.dialogues} dialogues, {result.audio_files} audio files and "
+        f"{result.spk_files} spk_emb files in {result.assets}; speech units from {', '.join(result.codebooks)}"
+    )
+
+
 # --- review, report and stats (issue 6) ---
 
 

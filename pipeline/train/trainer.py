@@ -63,6 +63,7 @@ class TrainResult:
     resumed: bool
     history: list[dict[str, float]] = field(default_factory=list)
     samples_per_s: float = 0.0
+    model: S2SModel | None = None
 
 
 @dataclass
@@ -267,7 +268,7 @@ def train(
         if options.save_every and step % options.save_every == 0:
             save_checkpoint(out, model, optimizer, step, options, codebook, tok)
     save_checkpoint(out, model, optimizer, step, options, codebook, tok)
-    result.step = step
+    result.step, result.model = step, model.eval()
     done = step - result.start_step
     result.samples_per_s = done * options.batch_size / (time.perf_counter() - began) if done else 0.0
     return result

@@ -27,11 +27,12 @@ from pipeline.io.shards import OutputFolder
 from pipeline.recipe import Recipe, RecipeError, load_recipe
 from pipeline.records import Dialogue
 from pipeline.stages.base import BuildContext, RayStage, Stage
-from pipeline.stages.s1_scenarios import ScenarioSampler
+from pipeline.stages.s1_scenarios import ScenarioSampler, balance_report
 from pipeline.stages.s2_dialogue import DialogueWriter
 from pipeline.stages.s3_tts import Synthesizer
 from pipeline.stages.s4_gates import AudioGates
 from pipeline.stages.s5_units import SpeechUnits, fit_dataset_codebook
+from pipeline.stages.s6_dedup import NearDuplicateFilter
 
 STAGES: tuple[tuple[str, type[Stage]], ...] = (
     ("dialogue", DialogueWriter),
@@ -123,8 +124,9 @@ def _stage_options(recipe: Recipe, stage: str) -> dict[str, Any]:
     import ray
 
     res = getattr(recipe.resources, stage)
+    batch_size = max(res.batch_size, recipe.llm.max_concurrency) if stage == "dialogue" else res.batch_size
     options: dict[str, Any] = {
-        "batch_size": res.batch_size,
+        "batch_size": batch_size,
         "num_cpus": res.num_cpus,
         "compute": ray.data.ActorPoolStrategy(size=res.concurrency),
         "batch_format": "numpy",
@@ -141,7 +143,7 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
     recipe = ctx.recipe
     ds = ray.data.from_items([{"index": i} for i in indices], override_num_blocks=max(1, min(len(indices), 1000)))
     ds = ds.map_batches(ScenarioSampler, fn_constructor_kwargs={"ctx": ctx}, **_stage_options(recipe, "scenarios"))
-    for stage_name, stage_cls in STAGES:
+    for stage_name, stage_cls in STAGES[:1] if recipe.text_only else STAGES:
         ds = ds.map_batches(
             RayStage, fn_constructor_kwargs={"stage_cls": stage_cls, "ctx": ctx}, **_stage_options(recipe, stage_name)
         )
@@ -155,6 +157,8 @@ def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
     from pipeline.adapters.funasr_models import check_funasr_dir
     from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
 
+    if recipe.text_only:
+        return
     try:
         if recipe.asr.backend == "funasr":
             check_funasr_dir(recipe.asr.model_path, "asr.model_path")
@@ -210,7 +214,7 @@ def build(
                 out.prepare(overwrite)
             except (FileExistsError, PermissionError) as err:
                 raise BuildError(str(err)) from None
-            codebook = fit_dataset_codebook(recipe, catalogs, out.root)
+            codebook = None if recipe.text_only else fit_dataset_codebook(recipe, catalogs, out.root)
             manifest = {
                 "recipe": recipe.model_dump(mode="json"),
                 "recipe_hash": recipe.fingerprint(),
@@ -221,15 +225,29 @@ def build(
                 "prompts_version": catalogs.prompts_version,
                 "catalog_version": catalogs.version,
                 "versions": package_versions(),
-                "units": {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5},
+                "units": codebook and {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5},
+                "text_gates_version": catalogs.text_gates_version,
+                "balance_target": {
+                    "emotions": list(recipe.scenarios.emotions),
+                    "topics": [t.name for t in catalogs.topics],
+                    "tolerance": recipe.scenarios.balance_tolerance,
+                },
                 "status": "running",
             }
             out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
             with ray_session(recipe, ray_address):
                 stream = dialogue_stream(ctx, indices)
-                result.shards_written = _write_as_they_finish(out, stream, len(indices), on_progress)
+                dedup = NearDuplicateFilter(recipe.text_gates.near_duplicate_jaccard)
+                for dialogue_id, texts in out.kept_texts():
+                    dedup.add(dialogue_id, texts)
+                result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
     result.totals = out.totals()
+    target = manifest.get("balance_target")
+    if target:
+        result.totals["balance"] = balance_report(
+            result.totals["cells"], target["emotions"], target["topics"], target["tolerance"]
+        )
     result.complete = not out.pending_shards()
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
@@ -237,23 +255,32 @@ def build(
     return result
 
 
-def _write_as_they_finish(
+def _write_in_order(
     out: OutputFolder,
     stream: Iterator[Dialogue],
-    total: int,
+    pending: list[int],
+    dedup: NearDuplicateFilter,
     on_progress: Callable[[int, int, Dialogue | None], None] | None,
 ) -> int:
-    """Buffer dialogues per shard and write each shard as soon as it is whole; returns shards written."""
+    """Buffer dialogues per shard; write whole shards in shard order, removing near-duplicates in
+    index order first (so which of two duplicates survives does not depend on worker timing).
+    Returns the number of shards written. Memory holds only shards that finished out of order."""
     buffers: dict[int, list[Dialogue]] = defaultdict(list)
     first_seen: dict[int, float] = {}
+    order = iter(pending)
+    next_shard = next(order, None)
+    total = sum(len(out.shard_indices(k)) for k in pending)
     done = written = 0
     for dialogue in stream:
         shard = dialogue.shard
         first_seen.setdefault(shard, time.monotonic())
         buffers[shard].append(dialogue)
-        if len(buffers[shard]) == len(out.shard_indices(shard)):
-            out.write_shard(shard, buffers.pop(shard), time.monotonic() - first_seen[shard])
+        while next_shard is not None and len(buffers[next_shard]) == len(out.shard_indices(next_shard)):
+            dialogues = sorted(buffers.pop(next_shard), key=lambda d: d.index)
+            dialogues = [dedup.apply(d) for d in dialogues]
+            out.write_shard(next_shard, dialogues, time.monotonic() - first_seen.pop(next_shard))
             written += 1
+            next_shard = next(order, None)
         done += 1
         if on_progress:
             on_progress(done, total, dialogue)

@@ -73,6 +73,8 @@ class Catalogs:
     intensity_scale: dict[str, float]
     prompts: dict[str, Any]
     prompts_version: str
+    emotion_sentences: dict[str, list[str]]
+    text_gates_version: str
     production_speakers: tuple[PromptSpeaker, ...] = ()
 
     def speaker(self, speaker_id: str) -> Speaker | PromptSpeaker:
@@ -216,6 +218,10 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
 
     default_prompts = "turns.yaml" if recipe.llm.mode == "turns" else "dialogue.yaml"
     prompts = _read_yaml(resolve(recipe.llm.prompts or default_prompts, "prompts", base), "llm.prompts")
+    gate_table = _read_yaml(resolve(recipe.text_gates.sentences, "prompts", base), "text_gates.sentences")
+    sentences = {str(k): [str(x) for x in v] for k, v in (gate_table.get("emotions") or {}).items()}
+    if sorted(sentences) != sorted(EMOTIONS) or not all(sentences.values()):
+        raise RecipeError("text_gates.sentences: the file must give reference sentences for every emotion")
     return Catalogs(
         version=str(raw.get("version", "")),
         topics=topics,
@@ -226,6 +232,8 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
         intensity_scale=scale,
         prompts=prompts,
         prompts_version=str(prompts.get("version", "")),
+        emotion_sentences=sentences,
+        text_gates_version=str(gate_table.get("version", "")),
         production_speakers=production,
     )
 

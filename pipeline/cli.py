@@ -42,6 +42,9 @@ def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
         table.add_row(f"  turns dropped: {reason}", str(count))
     table.add_row("speakers / emotions kept", f"{len(totals['speakers'])} / {len(totals['emotions'])}")
     table.add_row("audio hours", f"{totals['audio_hours']:.4f}")
+    if "balance" in totals:
+        b = totals["balance"]
+        table.add_row("emotion / topic balance (TV distance)", f"{b['emotion_tv']:.3f} / {b['topic_tv']:.3f}")
     table.add_row("wall time (this run)", f"{wall_s:.1f} s")
     return table
 
@@ -88,6 +91,13 @@ def build(
         console.print(
             f"[yellow]warning:[/] {crashed} dialogue(s) were rejected because a stage raised an error "
             "(reason *_error); the `detail` column of rejects/ has the exception"
+        )
+    balance = result.totals.get("balance")
+    if balance and not balance["within_tolerance"]:
+        console.print(
+            f"[yellow]warning:[/] the kept dialogues' emotion/topic distribution is off target "
+            f"(total-variation distance emotion {balance['emotion_tv']}, topic {balance['topic_tv']}; "
+            f"scenarios.balance_tolerance {balance['tolerance']})"
         )
     if result.resumed:
         console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -54,6 +54,13 @@ class ScenarioConfig(_Strict):
     min_exchanges: int = Field(1, ge=1, le=8, description="Fewest user/assistant exchanges per dialogue.")
     max_exchanges: int = Field(2, ge=1, le=8, description="Most user/assistant exchanges per dialogue.")
     speakers: list[str] | None = Field(None, description="User speaker ids; all catalog speakers when omitted.")
+    balance_tolerance: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Largest total-variation distance of the kept dialogues' emotion (and topic) distribution "
+        "from uniform; a build beyond it warns and `verify` reports it.",
+    )
 
     @model_validator(mode="after")
     def _exchanges_ordered(self) -> ScenarioConfig:
@@ -92,6 +99,18 @@ class LLMConfig(_Strict):
     repeat_penalty: float = Field(1.3, ge=1, description="Repetition penalty (llama.cpp servers only).")
     max_tokens: int = Field(60, ge=8, description="Token budget per turn (turns) or per turn x turns (dialogue).")
     max_retries: int = Field(2, ge=0, description="Extra attempts after invalid output, then a reject.")
+    max_concurrency: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Dialogues each dialogue actor writes at once (requests in flight); raise it for vLLM or "
+        "OpenAI endpoints, keep 1 for the embedded single-slot llama.cpp server.",
+    )
+    extra_body: dict[str, Any] = Field(
+        {},
+        description="Extra fields sent with every request, e.g. {chat_template_kwargs: {enable_thinking: false}} "
+        "for Qwen3 on vLLM.",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Timeout of one request in seconds.")
     request_retries: int = Field(
         3, ge=0, description="Retries of a failed request (429 honouring Retry-After, 5xx, timeout, reset, bad body)."
@@ -107,6 +126,39 @@ class LLMConfig(_Strict):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs base_url (e.g. http://localhost:8000/v1)")
         return self
+
+
+class TextGatesConfig(_Strict):
+    """Text gates on every written turn (pipeline/stages/s2_text_gates.py); a failure is retried, then rejected."""
+
+    sentences: str = Field("text_gates.yaml", description="Emotion reference sentences (in prompts/).")
+    language: str = Field("en", description="ISO 639-1 code the turns must be written in; empty to skip.")
+    min_language_prob: float = Field(0.5, ge=0, le=1, description="Lowest py3langid probability of `language`.")
+    max_repeated_ngrams: float = Field(
+        0.3, ge=0, le=1, description="Largest fraction of a turn's word 3-grams that may repeat within it."
+    )
+    max_turn_overlap: float = Field(
+        0.6, gt=0, le=1, description="A turn whose word 3-grams occur in earlier turns at this fraction is a copy."
+    )
+    emotion_check: bool = Field(True, description="Check that each user turn expresses its target emotion (MiniLM).")
+    emotion_margin: float = Field(
+        -0.1,
+        ge=-1,
+        le=1,
+        description="Similarity to the target emotion minus the best other emotion must be at least this "
+        "(0: the target must be the closest; negative: a tolerance).",
+    )
+    response_check: bool = Field(True, description="Check that each assistant turn answers the user turn.")
+    min_response_similarity: float = Field(
+        0.2, ge=-1, le=1, description="Lowest MiniLM cosine similarity of an assistant turn to the user turn."
+    )
+    near_duplicate_jaccard: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Dialogues whose word 3-gram sets have at least this Jaccard similarity are near-duplicates; "
+        "the one with the higher index is rejected.",
+    )
 
 
 class TTSConfig(_Strict):
@@ -176,11 +228,15 @@ class Recipe(_Strict):
     shard_size: int = Field(16, ge=1, description="Dialogues per output shard (the unit of resume).")
     scenarios: ScenarioConfig = Field(ScenarioConfig(), description="Scenario sampling.")
     llm: LLMConfig = Field(LLMConfig(), description="Dialogue writer.")
+    text_gates: TextGatesConfig = Field(TextGatesConfig(), description="Text gates and near-duplicate removal.")
     tts: TTSConfig = Field(TTSConfig(), description="Speech synthesis.")
     asr: ASRConfig = Field(ASRConfig(), description="Speech recognition.")
     gates: GatesConfig = Field(GatesConfig(), description="Audio gates.")
     units: UnitsConfig = Field(UnitsConfig(), description="Speech units.")
     resources: Resources = Field(Resources(), description="Ray resources per stage.")
+    text_only: bool = Field(
+        False, description="Write and gate the dialogues' text only: no TTS, ASR or speech units; turns carry no audio."
+    )
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started by the CLI; all when omitted.")
 
     @model_validator(mode="after")

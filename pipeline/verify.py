@@ -22,7 +22,7 @@ def _read_table(path: Path, problems: list[str]) -> Any:
         return None
 
 
-def _check_row(row: dict[str, Any], sample_rate: int, problems: list[str]) -> float:
+def _check_row(row: dict[str, Any], sample_rate: int, text_only: bool, problems: list[str]) -> float:
     """Check one kept dialogue; returns its audio seconds."""
     seconds = 0.0
     if not row["turns"]:
@@ -33,6 +33,10 @@ def _check_row(row: dict[str, Any], sample_rate: int, problems: list[str]) -> fl
             problems.append(f"{where}: turn id {turn['turn_id']!r}, expected {turn_id(row['id'], n)!r}")
         if turn["role"] != ("user" if n % 2 else "assistant"):
             problems.append(f"{where}: role {turn['role']!r} breaks the user/assistant alternation")
+        if text_only:
+            if turn["audio"] is not None:
+                problems.append(f"{where}: a text-only build carries audio")
+            continue
         try:
             audio = from_bytes(turn["audio"]["bytes"])
         except Exception as err:  # noqa: BLE001
@@ -60,6 +64,7 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
         problems.append(f"manifest status is {manifest.get('status')!r}, not 'complete': resume the build")
     seed, total, shards = manifest["seed"], manifest["num_dialogues"], manifest["num_shards"]
     sample_rate = manifest["recipe"]["tts"]["sample_rate"]
+    text_only = bool(manifest["recipe"].get("text_only"))
     kept_ids: list[str] = []
     rejected_ids: list[str] = []
     stats_sum: Counter[str] = Counter()
@@ -89,7 +94,7 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
         if len(rows) != stats["kept"]:
             problems.append(f"{files['data'].name}: {len(rows)} rows but its stats say {stats['kept']} kept")
         for row in rows:
-            _check_row(row, sample_rate, problems)
+            _check_row(row, sample_rate, text_only, problems)
         kept_ids += [row["id"] for row in rows]
         rejected_ids += [r["id"] for r in rejects.to_pylist() if r["level"] == "dialogue"]
     for kind, ids in (("kept", kept_ids), ("rejected", rejected_ids), ("kept and rejected", kept_ids + rejected_ids)):
@@ -109,6 +114,12 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
             problems.append(f"manifest counts {key}={counts.get(key)} but the shard stats add up to {stats_sum[key]}")
     if len(kept_ids) != stats_sum["kept"] or len(rejected_ids) != stats_sum["rejected"]:
         problems.append("the shards' rows do not add up to their stats")
+    balance = counts.get("balance")
+    if balance and not balance["within_tolerance"]:
+        problems.append(
+            f"emotion/topic balance off target: total-variation distance emotion {balance['emotion_tv']}, "
+            f"topic {balance['topic_tv']} > tolerance {balance['tolerance']} (scenarios.balance_tolerance)"
+        )
     leftovers = [p.name for p in out_dir.rglob("*.tmp")]
     if leftovers:
         problems.append(f"temp files left behind: {', '.join(leftovers[:5])}")

@@ -19,7 +19,8 @@ from pipeline.recipe import load_recipe
 from pipeline.records import EMOTIONS, Dialogue, Turn
 from pipeline.stages.base import BuildContext
 from pipeline.stages.s1_scenarios import ScenarioSampler
-from pipeline.stages.s2_dialogue import DialogueWriter, InvalidOutput, check_turn, clean_turn
+from pipeline.stages.s2_dialogue import DialogueWriter, clean_turn
+from pipeline.stages.s2_text_gates import InvalidOutput, check_form
 from pipeline.stages.s3_tts import Synthesizer
 from pipeline.stages.s4_gates import AudioGates
 
@@ -44,14 +45,14 @@ def test_scenarios_are_deterministic_and_stratified(tmp_path: Path) -> None:
 
 def test_clean_and_check_turn() -> None:
     assert clean_turn('User: "I am tired. So tired. Really tired."\nmore') == "I am tired. So tired."
-    check_turn("I feel really happy about this today.", 4, 60)
+    check_form("I feel really happy about this today.", 4, 60)
     for bad, reason in [
-        ("Too short.", "llm_too_short"),
-        ("As an AI language model I cannot feel sad at all.", "llm_role_leak"),
-        ("12345 67890 12345 67890 1234", "llm_not_plain_english"),
+        ("Too short.", "text_too_short"),
+        ("As an AI language model I cannot feel sad at all.", "text_role_leak"),
+        ("12345 67890 12345 67890 1234", "text_not_plain_english"),
     ]:
         with pytest.raises(InvalidOutput) as err:
-            check_turn(bad, 4, 60)
+            check_form(bad, 4, 60)
         assert err.value.reason == reason
 
 
@@ -156,8 +157,8 @@ def test_huge_and_non_english_turns_are_rejected(tmp_path: Path, canned_server: 
     writer = DialogueWriter(ctx)
     writer.setup()
     for body, reason in [
-        ("word " * 50_000, "llm_too_long"),
-        ("Ich bin sehr traurig \u00fcber alles heute.", "llm_not_plain_english"),
+        ("word " * 50_000, "text_too_long"),
+        ("Ich bin sehr traurig \u00fcber alles heute.", "text_not_plain_english"),
     ]:
         handler.body = json.loads(f'"{body}"')
         dialogue = writer.run(ScenarioSampler(ctx).new(0))

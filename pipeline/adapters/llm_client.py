@@ -57,8 +57,11 @@ class ChatClient:
             "max_tokens": max_tokens,
             "seed": seed,
         }
+        extra = dict(self.cfg.extra_body)
         if self.cfg.backend == "embedded" or self.cfg.response_format == "json_object_schema":
-            payload["extra_body"] = {"repeat_penalty": self.cfg.repeat_penalty}
+            extra["repeat_penalty"] = self.cfg.repeat_penalty
+        if extra:
+            payload["extra_body"] = extra
         if schema is not None:
             if self.cfg.response_format == "json_schema":
                 payload["response_format"] = {

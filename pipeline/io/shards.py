@@ -20,6 +20,7 @@ import io
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def dialogue_row(d: Dialogue) -> dict[str, Any]:
     turns = []
     for t in d.turns:
         turn = asdict(t)
-        turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"}
+        turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"} if t.audio is not None else None
         turns.append(turn)
     return {
         "id": d.id,
@@ -290,6 +291,7 @@ class OutputFolder:
             "audio_seconds": round(sum(t.duration_s for t in kept_turns), 3),
             "emotions": dict(Counter(t.emotion for t in kept_turns if t.role == "user")),
             "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
+            "cells": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in kept)),
             "stage_seconds": {
                 k: round(v, 3) for k, v in sum((Counter(d.timings) for d in dialogues), Counter()).items()
             },
@@ -299,12 +301,22 @@ class OutputFolder:
         atomic_write_json(self.marker(shard), {"shard": shard, "dialogues": len(dialogues), "kept": len(kept)})
         return stats
 
+    def kept_texts(self) -> Iterator[tuple[str, list[str]]]:
+        """(id, turn texts) of every kept dialogue in the completed shards, in shard order."""
+        import pyarrow.parquet as pq
+
+        for k in range(self.total):
+            path = self.root / "data" / f"train-{self.shard_name(k)}.parquet"
+            if self.marker(k).exists() and path.exists():
+                for row in pq.read_table(path, columns=["id", "turns"]).to_pylist():
+                    yield row["id"], [t["text"] for t in row["turns"]]
+
     def totals(self) -> dict[str, Any]:
         """Counts summed over every completed shard."""
         total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
         counters: dict[str, Counter[str]] = {
             k: Counter()
-            for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "stage_seconds")
+            for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "cells", "stage_seconds")
         }
         audio = 0.0
         for k in range(self.total):
@@ -316,7 +328,7 @@ class OutputFolder:
             for key in ("requested", "kept", "rejected", "turns_kept"):
                 total[key] += stats[key]
             for key, counter in counters.items():
-                counter.update(stats[key])
+                counter.update(stats.get(key, {}))
             audio += stats["audio_seconds"]
         total.update({k: dict(sorted(v.items())) for k, v in counters.items()})
         total["stage_seconds"] = {k: round(v, 3) for k, v in total["stage_seconds"].items()}

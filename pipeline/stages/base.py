@@ -47,6 +47,10 @@ class Stage:
         """Transform one kept dialogue; set `dialogue.reject` to drop it."""
         raise NotImplementedError
 
+    def run_batch(self, dialogues: list[Dialogue]) -> list[Dialogue]:
+        """Run a batch (one at a time here; stages that wait on a server override this)."""
+        return [self.run(d) for d in dialogues]
+
     def run(self, dialogue: Dialogue) -> Dialogue:
         """Apply `process` to a kept dialogue; pass rejected ones through; turn crashes into rejects."""
         if not dialogue.kept:
@@ -75,7 +79,7 @@ class RayStage:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run the stage over a batch of pickled dialogues."""
-        return to_batch([self.stage.run(pickle.loads(blob)) for blob in batch["record"]])
+        return to_batch(self.stage.run_batch([pickle.loads(blob) for blob in batch["record"]]))
 
 
 def to_batch(dialogues: list[Dialogue]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ Two modes, chosen by `llm.mode` in the recipe:
 - `turns`: one short request per turn with few-shot examples (what a 135M local model can do);
 - `dialogue`: one request per dialogue whose output is constrained by a JSON schema and
   validated with pydantic (for capable models such as Qwen3 behind vLLM).
-Invalid output is retried with a new seed up to `llm.max_retries` times, then rejected.
+Every turn passes the text gates (s2_text_gates.py). Invalid output is retried with a new seed up to
+`llm.max_retries` times, then rejected with the reason of the last failure. An actor handles a batch
+of dialogues with up to `llm.max_concurrency` of them in flight at once (threads; each dialogue's
+own requests are sequential because every turn depends on the previous one).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,8 +24,8 @@ from pipeline.adapters.llm_client import ChatClient, LLMError
 from pipeline.io.request_cache import CACHE_PATH, RequestCache
 from pipeline.records import Dialogue, Reject, Turn, turn_id
 from pipeline.stages.base import Stage
+from pipeline.stages.s2_text_gates import InvalidOutput, TextGates
 
-_LEAKS = re.compile(r"\b(as an ai|language model|assistant:|user:|listener:|i am an ai|chatbot)\b", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -41,14 +45,6 @@ class DialogueOut(BaseModel):
     turns: list[TurnOut] = Field(min_length=2, max_length=16)
 
 
-class InvalidOutput(ValueError):
-    """LLM output that failed validation; `reason` is the reject code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 def request_seed(*parts: object) -> int:
     """A stable 31-bit seed for one request, from the dialogue id, turn and attempt."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
@@ -64,20 +60,6 @@ def clean_turn(text: str, max_sentences: int = 2) -> str:
     return " ".join(sentences[:max_sentences]).strip()
 
 
-def check_turn(text: str, min_words: int, max_words: int) -> None:
-    """Raise InvalidOutput unless `text` is a plausible spoken turn."""
-    words = text.split()
-    if len(words) < min_words:
-        raise InvalidOutput("llm_too_short", f"{len(words)} words: {text!r}")
-    if len(words) > max_words:
-        raise InvalidOutput("llm_too_long", f"{len(words)} words")
-    if _LEAKS.search(text):
-        raise InvalidOutput("llm_role_leak", text[:120])
-    letters = sum(ch.isalpha() for ch in text)
-    if letters < 0.6 * len(text) or not text.isascii():
-        raise InvalidOutput("llm_not_plain_english", text[:120])
-
-
 class DialogueWriter(Stage):
     """Writes the turns of each dialogue with the recipe's LLM."""
 
@@ -89,6 +71,16 @@ class DialogueWriter(Stage):
         self.prompts = self.ctx.catalogs.prompts
         cache = RequestCache(self.ctx.out_dir / CACHE_PATH) if self.cfg.cache_requests else None
         self.client = ChatClient(self.cfg, self.ctx.llm_base_url, cache)
+        self.gates = TextGates(self.ctx.recipe.text_gates, self.cfg, self.ctx.catalogs.emotion_sentences)
+        self.gates.emotion_scores("warm-up")  # load the language and embedding models before the first batch
+        self.gates.check("I feel fine about this today.", "user", None, [])
+
+    def run_batch(self, dialogues: list[Dialogue]) -> list[Dialogue]:
+        """Write up to `llm.max_concurrency` dialogues at once; results keep the input order."""
+        if self.cfg.max_concurrency <= 1 or len(dialogues) <= 1:
+            return [self.run(d) for d in dialogues]
+        with ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(dialogues))) as pool:
+            return list(pool.map(self.run, dialogues))
 
     def process(self, dialogue: Dialogue) -> Dialogue:
         """Fill `dialogue.turns` with text, or reject it with the reason of the last failure."""
@@ -130,10 +122,13 @@ class DialogueWriter(Stage):
         assert last is not None
         raise last
 
-    def _turn_text(self, raw: str) -> str:
-        text = clean_turn(raw)
-        check_turn(text, self.cfg.min_words, self.cfg.max_words)
-        return text
+    def _turn_parser(self, role: str, emotion: str, earlier: list[str]) -> Any:
+        def parse(raw: str) -> str:
+            text = clean_turn(raw)
+            self.gates.check(text, role, emotion, earlier)
+            return text
+
+        return parse
 
     def _write_turns(self, dialogue: Dialogue) -> list[str]:
         sc, user_p, asst_p = dialogue.scenario, self.prompts["user"], self.prompts["assistant"]
@@ -151,10 +146,12 @@ class DialogueWriter(Stage):
             else:
                 ask = user_p["followup_prompt"].format(last_assistant=texts[-1], **fields)
             messages = _few_shot(user_p["system"], user_p["examples"], ask)
-            texts.append(self._attempts(dialogue, f"u{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
+            parse = self._turn_parser("user", sc.emotion, list(texts))
+            texts.append(self._attempts(dialogue, f"u{exchange}", messages, self.cfg.max_tokens, None, parse))
             ask = asst_p["prompt"].format(last_user=texts[-1], emotion=sc.emotion)
             messages = _few_shot(asst_p["system"], asst_p["examples"], ask)
-            texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, self._turn_text))
+            parse = self._turn_parser("assistant", sc.emotion, list(texts))
+            texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, parse))
         return texts
 
     def _write_dialogue(self, dialogue: Dialogue) -> list[str]:
@@ -175,11 +172,11 @@ class DialogueWriter(Stage):
         budget = self.cfg.max_tokens * 2 * sc.num_exchanges + 40
 
         def parse(raw: str) -> list[str]:
-            return self._parse_dialogue(raw, sc.num_exchanges)
+            return self._parse_dialogue(raw, sc.num_exchanges, sc.emotion)
 
         return self._attempts(dialogue, "dialogue", messages, budget, DialogueOut.model_json_schema(), parse)
 
-    def _parse_dialogue(self, raw: str, num_exchanges: int) -> list[str]:
+    def _parse_dialogue(self, raw: str, num_exchanges: int, emotion: str) -> list[str]:
         if not raw.strip():
             raise InvalidOutput("llm_empty", "the server returned no text")
         try:
@@ -193,8 +190,8 @@ class DialogueWriter(Stage):
         if roles != expected:
             raise InvalidOutput("llm_wrong_turns", f"roles {roles}, expected {len(expected)} alternating")
         texts = [" ".join(t.text.split()) for t in parsed.turns]
-        for text in texts:
-            check_turn(text, self.cfg.min_words, self.cfg.max_words)
+        for number, (text, role) in enumerate(zip(texts, roles, strict=True)):
+            self.gates.check(text, role, emotion, texts[:number])
         return texts
 
 

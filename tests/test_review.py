@@ -77,6 +77,11 @@ def request(srv: ReviewHTTPServer, method: str, path: str, body: Any = None, **h
     return response.status, data
 
 
+def one_error(stderr: str) -> bool:
+    """stderr holds exactly one `error:` message and nothing else (rich may wrap it over lines)."""
+    return stderr.startswith("error:") and stderr.count("error:") == 1 and "Traceback" not in stderr
+
+
 def _sample(i: int, emotion: str, speaker: str) -> Sample:
     return Sample(id=f"dlg-1-{i:06d}", status="kept", emotion=emotion, speaker_id=speaker)
 
@@ -213,9 +218,7 @@ def test_review_cli_binds_loopback_and_refuses_a_folder_that_is_not_a_build(copy
     (tmp_path / "empty").mkdir()
     for args in (("review", str(tmp_path / "empty")), ("review-export", str(tmp_path / "nope"), "--out", "x.parquet")):
         result = run_cli(*args)
-        assert result.returncode == 2
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(errors) == 1 and errors[0].startswith("error:"), result.stderr
+        assert result.returncode == 2 and one_error(result.stderr), result.stderr
 
 
 def test_review_export_writes_every_judgement(copy: Path, tmp_path: Path) -> None:

@@ -34,7 +34,13 @@ _TURN_FIELDS = (
     "emotion_measured",
     "emotion_score",
 )
-_META_COLUMNS = ["id", "index", "scenario", *(f"turns.list.element.{name}" for name in _TURN_FIELDS)]
+_META_COLUMNS = [
+    "id",
+    "index",
+    "scenario",
+    *(f"turns.list.element.{name}" for name in _TURN_FIELDS),
+    "turns.list.element.audio.path",  # None in text-only builds: the turn has no audio
+]
 _AUDIO_COLUMNS = ["turns.list.element.turn_id", "turns.list.element.audio.bytes"]
 
 
@@ -71,7 +77,11 @@ class Sample:
             "speaker_id": self.speaker_id,
             "stratum": self.stratum,
             "scenario": self.scenario,
-            "turns": [{**t, "audio_url": f"/audio/{t['turn_id']}.flac"} for t in self.turns],
+            "turns": [
+                {k: v for k, v in t.items() if k != "audio"}
+                | {"audio_url": f"/audio/{t['turn_id']}.flac" if t.get("audio") else None}
+                for t in self.turns
+            ],
             "rejects": self.rejects,
             "shard": self.shard,
         }
@@ -108,8 +118,7 @@ class BuildOutput:
         self.stats_files = sorted((self.root / "stats").glob("shard-*.json"))
         if not self.data_files and not self.reject_files:
             raise NotABuildOutputError(
-                f"{self.root} has no finished shard yet (data/ and rejects/ are empty); "
-                "let the build finish or resume it with the same `opens2s-data build` command"
+                f"{self.root} has no finished shard yet; let the build finish or resume it (same build command)"
             )
         self._samples: list[Sample] | None = None
         self._by_id: dict[str, Sample] = {}
@@ -150,7 +159,8 @@ class BuildOutput:
                     scenario = row["scenario"]
                     turns = [{k: _round(v) for k, v in t.items()} for t in row["turns"]]
                     for t in turns:
-                        self._turn_file[t["turn_id"]] = path
+                        if t.get("audio"):
+                            self._turn_file[t["turn_id"]] = path
                     by_id[row["id"]] = Sample(
                         id=row["id"],
                         status="kept",
@@ -198,7 +208,7 @@ class BuildOutput:
 
                 table = pq.ParquetFile(path).read(columns=_AUDIO_COLUMNS)
                 turns = [t for row in table.column("turns").to_pylist() for t in row]
-                clips = {t["turn_id"]: t["audio"]["bytes"] for t in turns}
+                clips = {t["turn_id"]: t["audio"]["bytes"] for t in turns if t["audio"]}
                 self._audio_cache[path] = clips
                 while len(self._audio_cache) > 2:  # a shard's audio stays in memory while its samples are reviewed
                     self._audio_cache.popitem(last=False)

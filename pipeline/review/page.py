@@ -194,8 +194,11 @@ function render(s) {
       const tr = el("tr", null, { "data-turn": t.turn_id });
       tr.append(el("td", (i + 1) + " " + t.role + " " + t.speaker_id));
       const text = el("td"); text.append(el("div", t.text), el("div", "ASR: " + (t.asr_text || "-"), { class: "asr" }));
-      const audio = el("audio", null, { controls: "", preload: "none", src: t.audio_url, "data-turn": t.turn_id });
-      const ac = el("td"); ac.append(audio, el("div", fmt(t.duration_s, 2) + " s"));
+      const ac = el("td");
+      const player = { controls: "", preload: "none", src: t.audio_url, "data-turn": t.turn_id };
+      if (t.audio_url) ac.append(el("audio", null, player));
+      else ac.append(el("em", "no audio (text-only build)"));
+      ac.append(el("div", fmt(t.duration_s, 2) + " s"));
       const measured = t.emotion_measured || (t.role === "assistant" ? "(not checked)" : "-");
       const score = t.emotion_score !== null ? " " + fmt(t.emotion_score, 2) : "";
       const emo = el("td", t.emotion + " (" + t.intensity + ") / " + measured + score, { class: "emotion" });

@@ -126,7 +126,7 @@ def _plot_throughput(tp: dict[str, Any]) -> str:
 
 def _audio_tag(data: bytes | None) -> str:
     if data is None:
-        return "<em>audio missing</em>"
+        return "<em>no audio</em>"
     return f'<audio controls preload="metadata" src="data:audio/flac;base64,{base64.b64encode(data).decode()}"></audio>'
 
 
@@ -140,7 +140,7 @@ def _sample_html(build: BuildOutput, sample: Sample, max_turns: int) -> str:
         rows.append(
             f"<tr><td>{e(t['role'])} {e(t['speaker_id'])}</td><td>{e(t['text'])}<br>"
             f"<i>ASR: {e(t['asr_text'] or '')}</i></td>"
-            f"<td>{_audio_tag(build.audio(t['turn_id']))}<br>{t['duration_s']:.2f} s</td>"
+            f"<td>{_audio_tag(build.audio(t['turn_id']))}<br>{t['duration_s'] or 0:.2f} s</td>"
             f"<td>{e(t['emotion'])} / {e(measured)}</td><td>{wer}</td></tr>"
         )
     return (

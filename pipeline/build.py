@@ -227,11 +227,6 @@ def build(
                 "versions": package_versions(),
                 "units": codebook and {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5},
                 "text_gates_version": catalogs.text_gates_version,
-                "balance_target": {
-                    "emotions": list(recipe.scenarios.emotions),
-                    "topics": [t.name for t in catalogs.topics],
-                    "tolerance": recipe.scenarios.balance_tolerance,
-                },
                 "status": "running",
             }
             out.write_manifest(manifest)
@@ -243,11 +238,9 @@ def build(
                     dedup.add(dialogue_id, texts)
                 result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
     result.totals = out.totals()
-    target = manifest.get("balance_target")
-    if target:
-        result.totals["balance"] = balance_report(
-            result.totals["cells"], target["emotions"], target["topics"], target["tolerance"]
-        )
+    result.totals["balance"] = balance_report(
+        result.totals["cells"], result.totals["cells_requested"], recipe.scenarios.balance_tolerance
+    )
     result.complete = not out.pending_shards()
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)

@@ -44,7 +44,8 @@ def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
     table.add_row("audio hours", f"{totals['audio_hours']:.4f}")
     if "balance" in totals:
         b = totals["balance"]
-        table.add_row("emotion / topic balance (TV distance)", f"{b['emotion_tv']:.3f} / {b['topic_tv']:.3f}")
+        diffs = f"{b['emotion_max_share_diff']:.3f} / {b['topic_max_share_diff']:.3f}"
+        table.add_row("largest share difference kept vs requested: emotion / topic", diffs)
     table.add_row("wall time (this run)", f"{wall_s:.1f} s")
     return table
 
@@ -95,9 +96,9 @@ def build(
     balance = result.totals.get("balance")
     if balance and not balance["within_tolerance"]:
         console.print(
-            f"[yellow]warning:[/] the kept dialogues' emotion/topic distribution is off target "
-            f"(total-variation distance emotion {balance['emotion_tv']}, topic {balance['topic_tv']}; "
-            f"scenarios.balance_tolerance {balance['tolerance']})"
+            "[yellow]warning:[/] rejections pushed the kept emotion/topic shares off the design "
+            f"(largest share difference: emotion {balance['emotion_max_share_diff']}, "
+            f"topic {balance['topic_max_share_diff']}; scenarios.balance_tolerance {balance['tolerance']})"
         )
     if result.resumed:
         console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")

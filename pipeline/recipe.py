@@ -55,11 +55,11 @@ class ScenarioConfig(_Strict):
     max_exchanges: int = Field(2, ge=1, le=8, description="Most user/assistant exchanges per dialogue.")
     speakers: list[str] | None = Field(None, description="User speaker ids; all catalog speakers when omitted.")
     balance_tolerance: float = Field(
-        0.15,
+        0.05,
         ge=0,
         le=1,
-        description="Largest total-variation distance of the kept dialogues' emotion (and topic) distribution "
-        "from uniform; a build beyond it warns and `verify` reports it.",
+        description="Largest difference between an emotion's (or a topic's) share of the kept dialogues and its "
+        "share of the requested (stratified) ones; a build beyond it warns.",
     )
 
     @model_validator(mode="after")

@@ -114,12 +114,6 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
             problems.append(f"manifest counts {key}={counts.get(key)} but the shard stats add up to {stats_sum[key]}")
     if len(kept_ids) != stats_sum["kept"] or len(rejected_ids) != stats_sum["rejected"]:
         problems.append("the shards' rows do not add up to their stats")
-    balance = counts.get("balance")
-    if balance and not balance["within_tolerance"]:
-        problems.append(
-            f"emotion/topic balance off target: total-variation distance emotion {balance['emotion_tv']}, "
-            f"topic {balance['topic_tv']} > tolerance {balance['tolerance']} (scenarios.balance_tolerance)"
-        )
     leftovers = [p.name for p in out_dir.rglob("*.tmp")]
     if leftovers:
         problems.append(f"temp files left behind: {', '.join(leftovers[:5])}")

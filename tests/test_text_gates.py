@@ -106,13 +106,15 @@ def test_stratified_design_balances_emotion_and_topic() -> None:
     assert cells != [stratified_cell(i, n_e, n_t, seed + 1) for i in range(len(cells))]
 
 
-def test_balance_report_measures_total_variation() -> None:
-    even = {f"{e}|t{k}": 1 for e in EMOTIONS for k in range(3)}
-    report = balance_report(even, list(EMOTIONS), ["t0", "t1", "t2"], 0.1)
-    assert report["emotion_tv"] == 0 and report["topic_tv"] == 0 and report["within_tolerance"]
-    skewed = {**even, "sad|t0": 15}  # sad is 17 of 35 instead of 5 of 35
-    report = balance_report(skewed, list(EMOTIONS), ["t0", "t1", "t2"], 0.1)
-    assert report["emotion_tv"] == pytest.approx(17 / 35 - 1 / 7, abs=1e-3)
+def test_balance_report_measures_share_differences() -> None:
+    requested = {f"{e}|t{k}": 2 for e in EMOTIONS for k in range(3)}
+    report = balance_report({c: 1 for c in requested}, requested, 0.05)  # uniform losses keep the shares
+    assert report["emotion_max_share_diff"] == 0 and report["topic_max_share_diff"] == 0
+    assert report["within_tolerance"]
+    skewed = {**requested, **{f"sad|t{k}": 0 for k in range(3)}}  # every sad dialogue rejected
+    report = balance_report(skewed, requested, 0.05)
+    assert report["emotion_max_share_diff"] == pytest.approx(1 / 7, abs=1e-3)  # sad: 1/7 of requested, 0 kept
+    assert report["topic_max_share_diff"] == 0
     assert not report["within_tolerance"]
 
 

@@ -130,7 +130,7 @@ def dialogue_row(d: Dialogue) -> dict[str, Any]:
     turns = []
     for t in d.turns:
         turn = asdict(t)
-        turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"} if t.audio is not None else None
+        turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"} if t.audio else None
         turns.append(turn)
     return {
         "id": d.id,
@@ -292,6 +292,7 @@ class OutputFolder:
             "emotions": dict(Counter(t.emotion for t in kept_turns if t.role == "user")),
             "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
             "cells": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in kept)),
+            "cells_requested": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in dialogues)),
             "stage_seconds": {
                 k: round(v, 3) for k, v in sum((Counter(d.timings) for d in dialogues), Counter()).items()
             },
@@ -314,10 +315,8 @@ class OutputFolder:
     def totals(self) -> dict[str, Any]:
         """Counts summed over every completed shard."""
         total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
-        counters: dict[str, Counter[str]] = {
-            k: Counter()
-            for k in ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "cells", "stage_seconds")
-        }
+        summed = ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "cells", "cells_requested")
+        counters: dict[str, Counter[str]] = {k: Counter() for k in (*summed, "stage_seconds")}
         audio = 0.0
         for k in range(self.total):
             path = self.root / "stats" / f"shard-{k:05d}.json"

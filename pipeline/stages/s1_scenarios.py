@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -36,35 +37,36 @@ def stratified_cell(index: int, n_emotions: int, n_topics: int, seed: int) -> tu
     return int(emotion_order[e]), int(topic_order[t])
 
 
-def balance_report(cells: dict[str, int], emotions: list[str], topics: list[str], tolerance: float) -> dict[str, Any]:
-    """How far the kept dialogues' emotion and topic distributions are from the recipe's uniform target.
+def balance_report(kept: dict[str, int], requested: dict[str, int], tolerance: float) -> dict[str, Any]:
+    """How far rejections pushed the kept dialogues' emotion and topic shares off the design.
 
-    `cells` counts kept dialogues per "emotion|topic". The measure is the total-variation distance
-    (half the L1 distance, 0 = on target, 1 = disjoint) of each marginal from uniform; the run is
-    within tolerance when both are at most `tolerance`.
+    `kept` and `requested` count dialogues per "emotion|topic" cell; the requested counts follow the
+    stratified design (balanced by construction). For each emotion, and each topic, the measure is
+    the absolute difference between its share of the kept and of the requested dialogues; the run is
+    within tolerance when the largest difference is at most `tolerance`.
     """
-    total = sum(cells.values())
-    by_emotion = dict.fromkeys(emotions, 0)
-    by_topic = dict.fromkeys(topics, 0)
-    for cell, n in cells.items():
-        emotion, topic = cell.split("|", 1)
-        by_emotion[emotion] = by_emotion.get(emotion, 0) + n
-        by_topic[topic] = by_topic.get(topic, 0) + n
 
-    def tv(counts: dict[str, int], support: list[str]) -> float:
-        if not total:
-            return 0.0
-        return 0.5 * sum(abs(counts.get(x, 0) / total - 1 / len(support)) for x in set(support) | set(counts))
+    def shares(cells: dict[str, int], part: int) -> dict[str, float]:
+        out: Counter[str] = Counter()
+        for cell, n in cells.items():
+            out[cell.split("|", 1)[part]] += n
+        total = sum(out.values())
+        return {k: v / total for k, v in out.items()} if total else {}
 
-    emotion_tv, topic_tv = tv(by_emotion, emotions), tv(by_topic, topics)
+    def max_dev(part: int) -> float:
+        a, b = shares(kept, part), shares(requested, part)
+        return max((abs(a.get(x, 0.0) - b.get(x, 0.0)) for x in set(a) | set(b)), default=0.0)
+
+    emotion_dev, topic_dev = max_dev(0), max_dev(1)
     return {
-        "kept": total,
-        "emotion_tv": round(emotion_tv, 4),
-        "topic_tv": round(topic_tv, 4),
+        "kept": sum(kept.values()),
+        "requested": sum(requested.values()),
+        "emotion_max_share_diff": round(emotion_dev, 4),
+        "topic_max_share_diff": round(topic_dev, 4),
         "tolerance": tolerance,
-        "within_tolerance": max(emotion_tv, topic_tv) <= tolerance,
-        "cells_covered": sum(1 for n in cells.values() if n),
-        "cells": len(emotions) * len(topics),
+        "within_tolerance": max(emotion_dev, topic_dev) <= tolerance,
+        "cells_requested": len(requested),
+        "cells_kept": sum(1 for n in kept.values() if n),
     }
 
 

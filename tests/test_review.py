@@ -82,6 +82,11 @@ def one_error(stderr: str) -> bool:
     return stderr.startswith("error:") and stderr.count("error:") == 1 and "Traceback" not in stderr
 
 
+def wait_for_sample(page: Any, sample_id: str) -> None:
+    """Wait until the page shows `sample_id` and has no sample request in flight."""
+    page.wait_for_selector(f"#sample:not([data-loading]) h2:has-text('{sample_id}')")
+
+
 def _sample(i: int, emotion: str, speaker: str) -> Sample:
     return Sample(id=f"dlg-1-{i:06d}", status="kept", emotion=emotion, speaker_id=speaker)
 
@@ -257,7 +262,7 @@ def test_review_page_in_chromium_plays_audio_and_persists_judgements(
             queue = page.eval_on_selector_all("#queue li", "items => items.map(li => li.dataset.id)")
             with_audio = next(i for i, sid in enumerate(queue) if next(s for s in samples if s.id == sid).turns)
             page.click(f"#queue li:nth-child({with_audio + 1})")
-            page.wait_for_selector(f"#sample h2:has-text('{queue[with_audio]}')")
+            wait_for_sample(page, queue[with_audio])
             page.keyboard.press("p")  # shortcut: play the next turn
             page.wait_for_function(
                 "(() => { const a = document.querySelector('#sample audio');"
@@ -268,9 +273,9 @@ def test_review_page_in_chromium_plays_audio_and_persists_judgements(
 
             first, second = queue[0], queue[1]
             page.click("#queue li:nth-child(1)")
-            page.wait_for_selector(f"#sample h2:has-text('{first}')")
+            wait_for_sample(page, first)
             page.keyboard.press("a")  # accept; the page moves on to the next unjudged sample
-            page.wait_for_selector(f"#sample h2:has-text('{second}')")
+            wait_for_sample(page, second)
             page.keyboard.press("1")  # tick the first reason tag
             page.fill("#comment", "flat voice")
             page.click("#reject")
@@ -280,7 +285,7 @@ def test_review_page_in_chromium_plays_audio_and_persists_judgements(
             page.wait_for_selector(f"#queue li[data-id='{first}'][data-decision='accept']")
             page.wait_for_selector(f"#queue li[data-id='{second}'][data-decision='reject']")
             page.click(f"#queue li[data-id='{second}']")
-            page.wait_for_selector(f"#sample h2:has-text('{second}')")
+            wait_for_sample(page, second)
             page.wait_for_function("document.querySelector('#comment').value === 'flat voice'")
             assert page.is_checked("#reason-wrong_emotion")
             assert "judged 2 of" in page.inner_text("#progress-text")

@@ -162,9 +162,14 @@ async function show(pos) {
   store.setItem("queue-pos", String(pos));
   document.querySelectorAll("#queue li").forEach((li, i) => li.classList.toggle("current", i === pos));
   document.querySelector("#queue li.current")?.scrollIntoView({ block: "nearest" });
-  const s = state.sample = await api("/api/sample/" + encodeURIComponent(state.queue[pos].id) +
+  const ticket = state.ticket = (state.ticket || 0) + 1;  // a later click wins over a slower earlier answer
+  $("sample").dataset.loading = "1";
+  const s = await api("/api/sample/" + encodeURIComponent(state.queue[pos].id) +
     "?" + new URLSearchParams({ annotator: annotator() }));
+  if (ticket !== state.ticket) return;
+  state.sample = s;
   render(s);
+  delete $("sample").dataset.loading;
   updateProgress();
 }
 

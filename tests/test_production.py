@@ -97,3 +97,68 @@ def test_funasr_transcribes_and_emotion2vec_classifies() -> None:
     assert "how are you" in text.lower()
     prediction = Emotion2Vec(_gpu_path("EMOTION2VEC_DIR")).classify(audio)
     assert 0.0 <= prediction.score <= 1.0
+
+
+def _ray_vllm_ctx(tmp_path: Path, **llm: object) -> object:
+    from pipeline.stages.base import BuildContext
+
+    settings = {"backend": "ray-vllm", "mode": "dialogue", "model_path": str(tmp_path), **llm}
+    recipe = load_recipe(write_recipe(tmp_path, llm=settings))
+    return BuildContext(recipe=recipe, catalogs=load_catalogs(recipe), out_dir=tmp_path)
+
+
+def test_ray_vllm_rows_are_requested_parsed_and_gated(tmp_path: Path) -> None:
+    """The ray.data.llm pre/postprocess on real rows (the vLLM engine itself needs a GPU)."""
+    import json
+    import pickle
+
+    from pipeline.adapters.llm_ray_vllm import DialogueRequests, DialogueResults
+    from pipeline.stages.base import to_batch
+    from pipeline.stages.s1_scenarios import ScenarioSampler
+
+    ctx = _ray_vllm_ctx(tmp_path, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    dialogue = ScenarioSampler(ctx).new(0)  # type: ignore[arg-type]
+    batch = to_batch([dialogue])
+    row = {key: batch[key][0] for key in batch}
+    request = DialogueRequests(ctx)(row)  # type: ignore[arg-type]
+    assert (
+        request["messages"][0]["role"] == "system" and dialogue.scenario.situation in request["messages"][1]["content"]
+    )
+    assert request["sampling_params"]["structured_outputs"]["json"]["properties"]["turns"]
+    turns = [{"role": "user", "text": "I lost my wallet on the bus today and I feel awful about it."},
+             {"role": "assistant", "strategy": "ask",
+              "text": "Oh no, losing your wallet is so stressful. Did you call the bus company yet?"}]  # fmt: skip
+    good = DialogueResults(ctx)({**request, "generated_text": json.dumps({"turns": turns})})  # type: ignore[arg-type]
+    kept = pickle.loads(good["record"])
+    assert (
+        kept.kept and [t.role for t in kept.turns] == ["user", "assistant"] and set(good) == {"id", "shard", "record"}
+    )
+    bad = pickle.loads(DialogueResults(ctx)({**request, "generated_text": "{oops"})["record"])  # type: ignore[arg-type]
+    assert bad.reject.reason == "llm_invalid_json"
+    failed = DialogueResults(ctx)({**request, "__inference_error__": "CUDA out of memory"})  # type: ignore[arg-type]
+    assert pickle.loads(failed["record"]).reject.reason == "llm_request_failed"
+
+
+def test_ray_vllm_needs_a_model_folder_and_ray_llm(tmp_path: Path) -> None:
+    from pipeline.build import BuildError, build
+
+    recipe = write_recipe(tmp_path, llm={"backend": "ray-vllm", "mode": "dialogue", "model_path": "/nonexistent/qwen3"})
+    with pytest.raises((RecipeError, BuildError), match="llm.model_path"):
+        build(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(RecipeError, match="mode: dialogue"):
+        load_recipe(write_recipe(tmp_path, llm={"backend": "ray-vllm", "model_path": str(tmp_path)}))
+
+
+@pytest.mark.gpu
+def test_ray_vllm_build_writes_dialogues(tmp_path: Path) -> None:
+    """A text-only build with vLLM engines inside Ray Data (needs a GPU, ray[llm] and VLLM_MODEL_DIR)."""
+    pytest.importorskip("vllm", reason='`pip install "ray[llm]==2.60.0"` to run the ray-vllm test')
+    from conftest import run_cli
+
+    llm = {"backend": "ray-vllm", "mode": "dialogue", "model_path": _gpu_path("VLLM_MODEL_DIR")}
+    recipe = write_recipe(tmp_path, num_dialogues=4, shard_size=2, text_only=True, llm=llm,
+                          resources={"dialogue": {"num_gpus": 1, "num_cpus": 1, "batch_size": 4}})  # fmt: skip
+    result = run_cli("build", str(recipe), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_cli("verify", str(tmp_path / "out")).returncode == 0

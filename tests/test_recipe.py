@@ -100,3 +100,9 @@ def test_cli_rejects_bad_recipe_and_writes_nothing(tmp_path: Path, text: str) ->
     assert result.stderr.count("error:") == 1
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "manifests").glob("*.yaml")))
+def test_every_packaged_recipe_is_valid(name: str) -> None:
+    recipe = load_recipe(name)
+    assert recipe.name == name

@@ -93,20 +93,7 @@ class DialogueWriter(Stage):
         except LLMError as err:
             dialogue.reject = Reject(stage=self.name, reason="llm_request_failed", detail=str(err))
             return dialogue
-        sc = dialogue.scenario
-        assistant_style = self.ctx.catalogs.emotions[sc.emotion].assistant_style
-        for number, text in enumerate(texts, start=1):
-            is_user = number % 2 == 1
-            dialogue.turns.append(
-                Turn(
-                    turn_id=turn_id(dialogue.id, number),
-                    role="user" if is_user else "assistant",
-                    text=text,
-                    emotion=sc.emotion if is_user else assistant_style,
-                    intensity=sc.intensity if is_user else "low",
-                    speaker_id=sc.speaker_id if is_user else sc.assistant_speaker_id,
-                )
-            )
+        add_turns(dialogue, texts, self.ctx.catalogs.emotions[dialogue.scenario.emotion].assistant_style)
         return dialogue
 
     def _attempts(self, dialogue: Dialogue, step: str, messages: list[dict[str, str]], max_tokens: int,
@@ -156,43 +143,68 @@ class DialogueWriter(Stage):
 
     def _write_dialogue(self, dialogue: Dialogue) -> list[str]:
         sc = dialogue.scenario
-        user = self.prompts["user"].format(
-            topic=sc.topic,
-            situation=sc.situation,
-            persona_name=sc.persona.name,
-            persona_age_group=sc.persona.age_group,
-            persona_gender=sc.persona.gender,
-            persona_occupation=sc.persona.occupation,
-            persona_style=sc.persona.style,
-            emotion=sc.emotion,
-            intensity=sc.intensity,
-            num_exchanges=sc.num_exchanges,
-        )
-        messages = [{"role": "system", "content": self.prompts["system"]}, {"role": "user", "content": user}]
+        messages = dialogue_messages(self.prompts, dialogue)
         budget = self.cfg.max_tokens * 2 * sc.num_exchanges + 40
 
         def parse(raw: str) -> list[str]:
-            return self._parse_dialogue(raw, sc.num_exchanges, sc.emotion)
+            return parse_dialogue(raw, sc.num_exchanges, sc.emotion, self.gates)
 
         return self._attempts(dialogue, "dialogue", messages, budget, DialogueOut.model_json_schema(), parse)
 
-    def _parse_dialogue(self, raw: str, num_exchanges: int, emotion: str) -> list[str]:
-        if not raw.strip():
-            raise InvalidOutput("llm_empty", "the server returned no text")
-        try:
-            parsed = DialogueOut.model_validate(json.loads(raw))
-        except json.JSONDecodeError as err:
-            raise InvalidOutput("llm_invalid_json", f"{err}: {raw[:120]!r}") from None
-        except ValidationError as err:
-            raise InvalidOutput("llm_schema_mismatch", str(err).splitlines()[0]) from None
-        roles = [t.role for t in parsed.turns]
-        expected = ["user", "assistant"] * num_exchanges
-        if roles != expected:
-            raise InvalidOutput("llm_wrong_turns", f"roles {roles}, expected {len(expected)} alternating")
-        texts = [" ".join(t.text.split()) for t in parsed.turns]
-        for number, (text, role) in enumerate(zip(texts, roles, strict=True)):
-            self.gates.check(text, role, emotion, texts[:number])
-        return texts
+
+def dialogue_messages(prompts: dict[str, Any], dialogue: Dialogue) -> list[dict[str, str]]:
+    """The chat messages that ask for a whole dialogue (dialogue mode)."""
+    sc = dialogue.scenario
+    user = prompts["user"].format(
+        topic=sc.topic,
+        situation=sc.situation,
+        persona_name=sc.persona.name,
+        persona_age_group=sc.persona.age_group,
+        persona_gender=sc.persona.gender,
+        persona_occupation=sc.persona.occupation,
+        persona_style=sc.persona.style,
+        emotion=sc.emotion,
+        intensity=sc.intensity,
+        num_exchanges=sc.num_exchanges,
+    )
+    return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
+
+
+def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates) -> list[str]:
+    """Validate a JSON dialogue against the schema, the turn order and the text gates; returns the texts."""
+    if not raw.strip():
+        raise InvalidOutput("llm_empty", "the server returned no text")
+    try:
+        parsed = DialogueOut.model_validate(json.loads(raw))
+    except json.JSONDecodeError as err:
+        raise InvalidOutput("llm_invalid_json", f"{err}: {raw[:120]!r}") from None
+    except ValidationError as err:
+        raise InvalidOutput("llm_schema_mismatch", str(err).splitlines()[0]) from None
+    roles = [t.role for t in parsed.turns]
+    expected = ["user", "assistant"] * num_exchanges
+    if roles != expected:
+        raise InvalidOutput("llm_wrong_turns", f"roles {roles}, expected {len(expected)} alternating")
+    texts = [" ".join(t.text.split()) for t in parsed.turns]
+    for number, (text, role) in enumerate(zip(texts, roles, strict=True)):
+        gates.check(text, role, emotion, texts[:number])
+    return texts
+
+
+def add_turns(dialogue: Dialogue, texts: list[str], assistant_style: str) -> None:
+    """Append the written turns: odd ones are the user's (scenario emotion and speaker), even ones the assistant's."""
+    sc = dialogue.scenario
+    for number, text in enumerate(texts, start=1):
+        is_user = number % 2 == 1
+        dialogue.turns.append(
+            Turn(
+                turn_id=turn_id(dialogue.id, number),
+                role="user" if is_user else "assistant",
+                text=text,
+                emotion=sc.emotion if is_user else assistant_style,
+                intensity=sc.intensity if is_user else "low",
+                speaker_id=sc.speaker_id if is_user else sc.assistant_speaker_id,
+            )
+        )
 
 
 def _few_shot(system: str, examples: list[dict[str, str]], ask: str) -> list[dict[str, str]]:

@@ -60,6 +60,7 @@ class BuildResult:
     resumed: bool
     shards_written: int = 0
     wall_s: float = 0.0
+    pipeline_s: float = 0.0  # from starting the Ray Data stream to its last dialogue (this run)
     skipped_shards: list[int] = field(default_factory=list)
 
 
@@ -248,7 +249,9 @@ def build(
                 dedup = NearDuplicateFilter(recipe.text_gates.near_duplicate_jaccard)
                 for dialogue_id, texts in out.kept_texts():
                     dedup.add(dialogue_id, texts)
+                pipeline_started = time.monotonic()
                 result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
+                result.pipeline_s = time.monotonic() - pipeline_started
     result.totals = out.totals()
     result.totals["balance"] = balance_report(
         result.totals["cells"], result.totals["cells_requested"], recipe.scenarios.balance_tolerance
@@ -256,6 +259,8 @@ def build(
     result.complete = not out.pending_shards()
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
+    manifest["last_run"] = {"wall_s": round(result.wall_s, 2), "pipeline_s": round(result.pipeline_s, 2),
+                            "shards_written": result.shards_written}  # fmt: skip
     out.write_manifest(manifest)
     return result
 

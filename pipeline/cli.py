@@ -23,7 +23,7 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int) -> None:
     """Print one readable error and exit with `code`."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

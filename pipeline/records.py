@@ -95,6 +95,7 @@ class Dialogue:
     reject: Reject | None = None
     dropped_turns: list[Reject] = field(default_factory=list)  # exchanges cut by a gate
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
+    nodes: dict[str, str] = field(default_factory=dict)  # Ray node id each stage ran on
 
     @property
     def kept(self) -> bool:

@@ -144,3 +144,41 @@ def test_sigkill_mid_run_then_resume_gives_the_same_ids(tmp_path: Path) -> None:
     assert not list(out.rglob("*.tmp"))
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert verify(out)[0] == []
+
+
+def test_text_only_build_runs_every_text_gate_and_keeps_no_near_duplicates(tmp_path: Path) -> None:
+    """A real text-only build with the embedding checks on; a low near-duplicate threshold makes
+    the dataset-wide dedup bite on real LLM text."""
+    from itertools import combinations
+
+    from pipeline.stages.s6_dedup import jaccard, shingles
+
+    threshold = 0.12
+    recipe = write_recipe(
+        tmp_path, name="text", num_dialogues=8, shard_size=4, text_only=True,
+        scenarios={"min_exchanges": 1, "max_exchanges": 2},
+        text_gates={"emotion_check": True, "response_check": True, "emotion_margin": -0.2,
+                    "near_duplicate_jaccard": threshold},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    result = run_cli("build", str(recipe), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify(out)[0] == []
+    rows = [r for f in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rejects = [r for f in sorted((out / "rejects").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert len(rows) + sum(r["level"] == "dialogue" for r in rejects) == 8
+    assert all(t["audio"] is None and t["text"] for r in rows for t in r["turns"])
+    text_reasons = {"text_emotion_mismatch", "text_unresponsive", "text_too_short", "text_too_long",
+                    "text_role_leak", "text_not_plain_english", "text_wrong_language", "text_degenerate",
+                    "text_repeats_previous", "near_duplicate", "llm_request_failed"}  # fmt: skip
+    assert {r["reason"] for r in rejects} <= text_reasons
+    sets = {r["id"]: shingles(t["text"] for t in r["turns"]) for r in rows}
+    assert all(jaccard(sets[a], sets[b]) < threshold for a, b in combinations(sets, 2))
+    index = {r["id"]: r["index"] for r in rows}
+    for dup in (r for r in rejects if r["reason"] == "near_duplicate"):
+        measured = json.loads(dup["measured_json"])
+        assert measured["jaccard"] >= threshold and measured["duplicate_of"] in index
+        assert index[measured["duplicate_of"]] < int(dup["id"].rsplit("-", 1)[1])  # the earlier one is kept
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["text_gates_version"] == "text-gates-v1" and manifest["units"] is None
+    assert "emotion_max_share_diff" in manifest["counts"]["balance"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from typing import Any
 
@@ -34,6 +35,9 @@ class ChatClient:
         self.cfg = cfg
         self.cache = cache
         self.cache_hits = 0
+        self.requests_sent = 0  # answered by the server (not replayed from the cache)
+        self.completion_tokens = 0
+        self._count_lock = threading.Lock()
         self._openai = openai
         self._client = openai.OpenAI(
             base_url=base_url, api_key=api_key(cfg), timeout=cfg.timeout_s, max_retries=cfg.request_retries
@@ -93,6 +97,9 @@ class ChatClient:
                     raise LLMError(f"the server sent a response body that is not JSON: {err}"[:300]) from None
                 time.sleep(min(0.5 * 2**attempt, 8.0))
                 continue
+            with self._count_lock:
+                self.requests_sent += 1
+                self.completion_tokens += resp.usage.completion_tokens if resp.usage else 0
             if not resp.choices:
                 return ""
             return resp.choices[0].message.content or ""

@@ -293,6 +293,7 @@ class OutputFolder:
             "speakers": dict(Counter(t.speaker_id for t in kept_turns if t.role == "user")),
             "cells": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in kept)),
             "cells_requested": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in dialogues)),
+            "nodes": dict(Counter(node for d in dialogues for node in d.nodes.values())),
             "stage_seconds": {
                 k: round(v, 3) for k, v in sum((Counter(d.timings) for d in dialogues), Counter()).items()
             },
@@ -315,7 +316,8 @@ class OutputFolder:
     def totals(self) -> dict[str, Any]:
         """Counts summed over every completed shard."""
         total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
-        summed = ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers", "cells", "cells_requested")
+        summed = ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers")
+        summed += ("cells", "cells_requested", "nodes")
         counters: dict[str, Counter[str]] = {k: Counter() for k in (*summed, "stage_seconds")}
         audio = 0.0
         for k in range(self.total):

@@ -74,12 +74,18 @@ class RayStage:
     """Adapter that lets Ray Data run any Stage with map_batches (one instance per actor)."""
 
     def __init__(self, stage_cls: type[Stage], ctx: BuildContext) -> None:
+        import ray
+
         self.stage = stage_cls(ctx)
         self.stage.setup()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Run the stage over a batch of pickled dialogues."""
-        return to_batch(self.stage.run_batch([pickle.loads(blob) for blob in batch["record"]]))
+        """Run the stage over a batch of pickled dialogues, noting the node it ran on."""
+        dialogues = self.stage.run_batch([pickle.loads(blob) for blob in batch["record"]])
+        for dialogue in dialogues:
+            dialogue.nodes[self.stage.name] = self.node_id
+        return to_batch(dialogues)
 
 
 def to_batch(dialogues: list[Dialogue]) -> dict[str, Any]:

@@ -160,11 +160,25 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
         yield pickle.loads(row["record"])
 
 
+def _units_manifest(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> dict[str, Any]:
+    """Fit (or load) the k-means codebook, or name the GLM-4-Voice tokenizer; the manifest's `units` entry."""
+    if recipe.units.backend == "glm4voice":
+        from pipeline.adapters.units_glm4voice import CODEBOOK_SIZE, glm4voice_version
+
+        assert recipe.units.glm4voice_tokenizer_dir is not None
+        version, size = glm4voice_version(Path(recipe.units.glm4voice_tokenizer_dir)), CODEBOOK_SIZE
+    else:
+        codebook = fit_dataset_codebook(recipe, catalogs, out_dir)
+        version, size = codebook.version, recipe.units.codebook_size
+    return {"backend": recipe.units.backend, "version": version, "size": size, "frame_rate_hz": 12.5}
+
+
 def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
     """Fail before any work if a model path the recipe names is missing."""
     from pipeline.adapters.asr_whisper import check_model_dir, default_model_dir
     from pipeline.adapters.funasr_models import check_funasr_dir
     from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
+    from pipeline.adapters.units_glm4voice import check_glm4voice_paths
 
     try:
         if recipe.llm.backend == "ray-vllm":
@@ -181,10 +195,16 @@ def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
             check_funasr_dir(recipe.gates.emotion_model_dir, "gates.emotion_model_dir")
         if recipe.tts.backend == "cosyvoice2":
             check_cosyvoice_paths(recipe.tts.cosyvoice_repo, recipe.tts.cosyvoice_model_dir)
-            raise FileNotFoundError(
-                "units.backend: the k-means codebook is fitted on eSpeak renderings, and no unit backend for "
-                "cosyvoice2 audio (the GLM-4-Voice tokenizer) exists yet; build with tts.backend espeak"
-            )
+            if recipe.units.backend == "kmeans":
+                raise FileNotFoundError(
+                    "units.backend: the k-means codebook is fitted on eSpeak renderings; for cosyvoice2 audio set "
+                    "units.backend glm4voice with units.glm4voice_repo and units.glm4voice_tokenizer_dir"
+                )
+        if recipe.units.backend == "glm4voice":
+            try:
+                check_glm4voice_paths(recipe.units.glm4voice_repo, recipe.units.glm4voice_tokenizer_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"units.glm4voice_repo / units.glm4voice_tokenizer_dir: {err}") from None
     except FileNotFoundError as err:
         raise RecipeError(str(err)) from None
     if recipe.tts.backend == "espeak":
@@ -227,7 +247,7 @@ def build(
                 out.prepare(overwrite)
             except (FileExistsError, PermissionError) as err:
                 raise BuildError(str(err)) from None
-            codebook = None if recipe.text_only else fit_dataset_codebook(recipe, catalogs, out.root)
+            units = None if recipe.text_only else _units_manifest(recipe, catalogs, out.root)
             manifest = {
                 "recipe": recipe.model_dump(mode="json"),
                 "recipe_hash": recipe.fingerprint(),
@@ -238,7 +258,7 @@ def build(
                 "prompts_version": catalogs.prompts_version,
                 "catalog_version": catalogs.version,
                 "versions": package_versions(),
-                "units": codebook and {"backend": "kmeans", "version": codebook.version, "frame_rate_hz": 12.5},
+                "units": units,
                 "text_gates_version": catalogs.text_gates_version,
                 "status": "running",
             }

@@ -219,7 +219,16 @@ class GatesConfig(_Strict):
 class UnitsConfig(_Strict):
     """Speech units for assistant audio."""
 
-    backend: Literal["kmeans"] = Field("kmeans", description="`kmeans`: codebook over log-mel frames at 12.5 Hz.")
+    backend: Literal["kmeans", "glm4voice"] = Field(
+        "kmeans",
+        description="`kmeans`: codebook over log-mel frames at 12.5 Hz, fitted per dataset on eSpeak renderings; "
+        "`glm4voice`: the GLM-4-Voice speech tokenizer (12.5 Hz, 16384 units; CUDA), for CosyVoice2 audio.",
+    )
+    glm4voice_repo: str | None = Field(None, description="Local GLM-4-Voice checkout (backend glm4voice).")
+    glm4voice_tokenizer_dir: str | None = Field(
+        None, description="Local glm-4-voice-tokenizer folder (backend glm4voice)."
+    )
+    device: str = Field("cuda", description="Device of the glm4voice tokenizer.")
     codebook_size: int = Field(64, ge=2, le=4096, description="Number of units.")
     calibration_sentences: int = Field(48, ge=4, description="Assistant sentences rendered to fit the codebook.")
 

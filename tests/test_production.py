@@ -162,3 +162,11 @@ def test_ray_vllm_build_writes_dialogues(tmp_path: Path) -> None:
     result = run_cli("build", str(recipe), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert run_cli("verify", str(tmp_path / "out")).returncode == 0
+
+
+def test_cosyvoice2_build_needs_glm4voice_units_and_its_paths(tmp_path: Path) -> None:
+    from pipeline.build import _check_inputs
+
+    recipe = load_recipe(write_recipe(tmp_path, units={"backend": "glm4voice", "glm4voice_repo": "/nope"}))
+    with pytest.raises(RecipeError, match="units.glm4voice_repo"):
+        _check_inputs(recipe, load_catalogs(recipe))

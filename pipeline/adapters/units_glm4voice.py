@@ -47,6 +47,11 @@ def check_glm4voice_paths(repo: str | None, tokenizer_dir: str | None) -> tuple[
     return Path(repo), folder
 
 
+def glm4voice_version(tokenizer_dir: Path) -> str:
+    """Version id of a GLM-4-Voice tokenizer folder (a hash of its config), stored in every row."""
+    return "glm4voice-" + hashlib.sha256((Path(tokenizer_dir) / "config.json").read_bytes()).hexdigest()[:12]
+
+
 class GLM4VoiceUnits:
     """Speech units of a clip with the GLM-4-Voice tokenizer (CUDA)."""
 
@@ -61,8 +66,7 @@ class GLM4VoiceUnits:
         self._extract = extract_speech_token
         self._model = WhisperVQEncoder.from_pretrained(str(folder)).eval().to(device)
         self._features = WhisperFeatureExtractor.from_pretrained(str(folder))
-        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
-        self.version = f"glm4voice-{digest}"
+        self.version = glm4voice_version(folder)
 
     def encode(self, audio: Audio) -> list[int]:
         """Units of `audio` (resampled to 16 kHz): about 12.5 per second, values < 16384."""

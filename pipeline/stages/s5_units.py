@@ -1,4 +1,4 @@
-"""Stage 5: speech units for assistant audio with the dataset's k-means codebook.
+"""Stage 5: speech units for assistant audio: the dataset's k-means codebook, or the GLM-4-Voice tokenizer.
 
 The codebook is fitted once per output folder (`fit_dataset_codebook`, run by the driver before the
 pipeline) on calibration sentences rendered in the recipe's assistant voices, and stored as
@@ -50,13 +50,21 @@ class SpeechUnits(Stage):
     name = "units"
 
     def setup(self) -> None:
-        """Load the dataset's codebook from the output folder."""
-        self.codebook = Codebook.load(self.ctx.out_dir / CODEBOOK_PATH)
+        """Load the dataset's codebook from the output folder, or the GLM-4-Voice tokenizer."""
+        cfg = self.ctx.recipe.units
+        if cfg.backend == "glm4voice":
+            from pipeline.adapters.units_glm4voice import GLM4VoiceUnits
+
+            self.encoder: Codebook | GLM4VoiceUnits = GLM4VoiceUnits(
+                cfg.glm4voice_repo, cfg.glm4voice_tokenizer_dir, cfg.device
+            )
+        else:
+            self.encoder = Codebook.load(self.ctx.out_dir / CODEBOOK_PATH)
 
     def process(self, dialogue: Dialogue) -> Dialogue:
         """Fill `speech_units` of every assistant turn."""
         for turn in dialogue.turns:
             if turn.role == "assistant":
-                turn.speech_units = self.codebook.encode(from_bytes(turn.audio))
-        dialogue.units_codebook = self.codebook.version
+                turn.speech_units = self.encoder.encode(from_bytes(turn.audio))
+        dialogue.units_codebook = self.encoder.version
         return dialogue

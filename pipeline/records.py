@@ -65,6 +65,7 @@ class Turn:
     emotion_measured: str = ""
     emotion_score: float | None = None
     speech_units: list[int] = field(default_factory=list)
+    strategy: str = ""  # the assistant's empathy strategy (dialogue mode), else ""
 
 
 @dataclass

@@ -125,7 +125,8 @@ def test_ray_vllm_rows_are_requested_parsed_and_gated(tmp_path: Path) -> None:
         request["messages"][0]["role"] == "system" and dialogue.scenario.situation in request["messages"][1]["content"]
     )
     assert request["sampling_params"]["structured_outputs"]["json"]["properties"]["turns"]
-    turns = [{"role": "user", "text": "I lost my wallet on the bus today and I feel awful about it."},
+    turns = [{"role": "user", "emotion": dialogue.scenario.emotion,
+              "text": "I lost my wallet on the bus today and I feel awful about it."},
              {"role": "assistant", "strategy": "ask",
               "text": "Oh no, losing your wallet is so stressful. Did you call the bus company yet?"}]  # fmt: skip
     good = DialogueResults(ctx)({**request, "generated_text": json.dumps({"turns": turns})})  # type: ignore[arg-type]

@@ -62,7 +62,7 @@ def test_turns_mode_writes_alternating_turns(tmp_path: Path, llm_url: str) -> No
     writer.setup()
     dialogue = writer.run(ScenarioSampler(ctx).new(0))
     if dialogue.reject is not None:  # a 135M model may fail the text checks; then the reason is named
-        assert dialogue.reject.reason.startswith("llm_")
+        assert dialogue.reject.reason.startswith(("llm_", "text_"))
         return
     assert [t.role for t in dialogue.turns] == ["user", "assistant", "user", "assistant"]
     assert [t.turn_id for t in dialogue.turns] == [f"dlg-3-000000-t0{n}" for n in range(1, 5)]
@@ -134,6 +134,16 @@ def canned_server() -> Iterator[tuple[str, type[_Canned]]]:
             '{"turns": [{"role": "user", "text": "I feel so sad about my dog today."},'
             ' {"role": "user", "text": "I feel so sad about my dog today."}]}',
             "llm_wrong_turns",
+        ),
+        (
+            '{"turns": [{"role": "user", "emotion": "happy", "text": "I feel so sad about my dog today."},'
+            ' {"role": "assistant", "strategy": "validate", "text": "Losing a dog hurts so much, it makes sense."}]}',
+            "llm_wrong_emotion",
+        ),
+        (
+            '{"turns": [{"role": "user", "emotion": "angry", "text": "My neighbor blocked my driveway again today."},'
+            ' {"role": "assistant", "text": "That sounds so frustrating, I am sorry it keeps happening."}]}',
+            "llm_missing_strategy",
         ),
     ],
 )

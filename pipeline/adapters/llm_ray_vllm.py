@@ -90,8 +90,9 @@ class DialogueResults:
             dialogue.reject = Reject(stage=STAGE, reason="llm_request_failed", detail=str(error)[:300])
         else:
             try:
-                texts = parse_dialogue(row.get("generated_text") or "", sc.num_exchanges, sc.emotion, _gates(self.ctx))
-                add_turns(dialogue, texts, self.ctx.catalogs.emotions[sc.emotion].assistant_style)
+                raw = row.get("generated_text") or ""
+                written = parse_dialogue(raw, sc.num_exchanges, sc.emotion, _gates(self.ctx))
+                add_turns(dialogue, written, self.ctx.catalogs.emotions[sc.emotion].assistant_style)
             except InvalidOutput as err:
                 dialogue.reject = Reject(stage=STAGE, reason=err.reason, detail=str(err)[:300])
         return {"id": row["id"], "shard": row["shard"], "record": pickle.dumps(dialogue)}

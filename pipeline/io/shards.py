@@ -57,6 +57,7 @@ _TURN = {
     "emotion_measured": "string",
     "emotion_score": "float32",
     "speech_units": ("list", "int32"),
+    "strategy": "string",
 }
 ROW = {
     "id": "string",

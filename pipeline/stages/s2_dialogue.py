@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,7 +36,12 @@ class TurnOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
     text: str = Field(min_length=1, max_length=600)
-    strategy: Literal["acknowledge", "validate", "reassure", "ask", "suggest", "none"] = "none"
+    emotion: Literal["neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted", "none"] = Field(
+        "none", description="User turns: the emotion the turn expresses; assistant turns: none."
+    )
+    strategy: Literal["acknowledge", "validate", "reassure", "ask", "suggest", "none"] = Field(
+        "none", description="Assistant turns: the empathy strategy used; user turns: none."
+    )
 
 
 class DialogueOut(BaseModel):
@@ -43,6 +49,14 @@ class DialogueOut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     turns: list[TurnOut] = Field(min_length=2, max_length=16)
+
+
+@dataclass(frozen=True)
+class WrittenTurn:
+    """A turn's text as written, with the assistant's empathy strategy ("" when the mode has none)."""
+
+    text: str
+    strategy: str = ""
 
 
 def request_seed(*parts: object) -> int:
@@ -117,7 +131,7 @@ class DialogueWriter(Stage):
 
         return parse
 
-    def _write_turns(self, dialogue: Dialogue) -> list[str]:
+    def _write_turns(self, dialogue: Dialogue) -> list[WrittenTurn]:
         sc, user_p, asst_p = dialogue.scenario, self.prompts["user"], self.prompts["assistant"]
         fields = {
             "persona_name": sc.persona.name,
@@ -139,14 +153,14 @@ class DialogueWriter(Stage):
             messages = _few_shot(asst_p["system"], asst_p["examples"], ask)
             parse = self._turn_parser("assistant", sc.emotion, list(texts))
             texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, parse))
-        return texts
+        return [WrittenTurn(text) for text in texts]
 
-    def _write_dialogue(self, dialogue: Dialogue) -> list[str]:
+    def _write_dialogue(self, dialogue: Dialogue) -> list[WrittenTurn]:
         sc = dialogue.scenario
         messages = dialogue_messages(self.prompts, dialogue)
         budget = self.cfg.max_tokens * 2 * sc.num_exchanges + 40
 
-        def parse(raw: str) -> list[str]:
+        def parse(raw: str) -> list[WrittenTurn]:
             return parse_dialogue(raw, sc.num_exchanges, sc.emotion, self.gates)
 
         return self._attempts(dialogue, "dialogue", messages, budget, DialogueOut.model_json_schema(), parse)
@@ -170,8 +184,8 @@ def dialogue_messages(prompts: dict[str, Any], dialogue: Dialogue) -> list[dict[
     return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
 
 
-def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates) -> list[str]:
-    """Validate a JSON dialogue against the schema, the turn order and the text gates; returns the texts."""
+def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates) -> list[WrittenTurn]:
+    """Validate a JSON dialogue against the schema, the turn order, the labels and the text gates."""
     if not raw.strip():
         raise InvalidOutput("llm_empty", "the server returned no text")
     try:
@@ -184,25 +198,32 @@ def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates)
     expected = ["user", "assistant"] * num_exchanges
     if roles != expected:
         raise InvalidOutput("llm_wrong_turns", f"roles {roles}, expected {len(expected)} alternating")
+    if any(t.role == "assistant" and t.strategy == "none" for t in parsed.turns):
+        raise InvalidOutput("llm_missing_strategy", "an assistant turn names no empathy strategy")
+    for turn in parsed.turns:
+        if turn.role == "user" and turn.emotion != emotion:
+            raise InvalidOutput("llm_wrong_emotion", f"a user turn is labelled {turn.emotion}, the target is {emotion}")
     texts = [" ".join(t.text.split()) for t in parsed.turns]
     for number, (text, role) in enumerate(zip(texts, roles, strict=True)):
         gates.check(text, role, emotion, texts[:number])
-    return texts
+    strategies = [t.strategy if t.role == "assistant" else "" for t in parsed.turns]
+    return [WrittenTurn(text, strategy) for text, strategy in zip(texts, strategies, strict=True)]
 
 
-def add_turns(dialogue: Dialogue, texts: list[str], assistant_style: str) -> None:
+def add_turns(dialogue: Dialogue, written: list[WrittenTurn], assistant_style: str) -> None:
     """Append the written turns: odd ones are the user's (scenario emotion and speaker), even ones the assistant's."""
     sc = dialogue.scenario
-    for number, text in enumerate(texts, start=1):
+    for number, turn in enumerate(written, start=1):
         is_user = number % 2 == 1
         dialogue.turns.append(
             Turn(
                 turn_id=turn_id(dialogue.id, number),
                 role="user" if is_user else "assistant",
-                text=text,
+                text=turn.text,
                 emotion=sc.emotion if is_user else assistant_style,
                 intensity=sc.intensity if is_user else "low",
                 speaker_id=sc.speaker_id if is_user else sc.assistant_speaker_id,
+                strategy=turn.strategy,
             )
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,14 +53,19 @@ def main() -> None:
     one = run_build(recipe, args.out / "one-node")
     head = f"127.0.0.1:{args.port}"
     common = ["--num-cpus", "1", "--disable-usage-stats"]
+    # Ray 2.60 authenticates cluster RPCs with a token; every process of the cluster (both nodes and
+    # the driver) must use the same one: ~/.ray/auth_token, created here if missing.
+    auth = {**os.environ, "RAY_AUTH_MODE": "token"}
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=auth)
     with tempfile.TemporaryDirectory(prefix="ray-two-nodes-") as tmp:
         try:
-            subprocess.run([RAY, "start", "--head", f"--port={args.port}", "--node-ip-address=127.0.0.1",
-                            "--include-dashboard=false", f"--temp-dir={tmp}", *common], check=True)  # fmt: skip
-            subprocess.run([RAY, "start", f"--address={head}", "--node-ip-address=127.0.0.1", *common], check=True)
-            two = run_build(recipe, args.out / "two-nodes", "--ray-address", head)
+            head_args = [f"--port={args.port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
+            subprocess.run([RAY, "start", "--head", *head_args, f"--temp-dir={tmp}", *common], check=True, env=auth)
+            subprocess.run([RAY, "start", f"--address={head}", "--node-ip-address=127.0.0.1", *common],
+                           check=True, env=auth)  # fmt: skip
+            two = run_build(recipe, args.out / "two-nodes", "--ray-address", head, env={"RAY_AUTH_MODE": "token"})
         finally:
-            subprocess.run([RAY, "stop", "--force"], check=False)
+            subprocess.run([RAY, "stop", "--force"], check=False, env=auth)
     for label, run, out in (("one node ", one, args.out / "one-node"), ("two nodes", two, args.out / "two-nodes")):
         counts = run["counts"]
         print(f"{label}: wall {run['wall_s']:.0f} s, pipeline {run['last_run']['pipeline_s']:.0f} s, "

@@ -71,7 +71,9 @@ def llm_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     folder = tmp_path_factory.mktemp("build")
-    recipe = write_recipe(folder, name="two", num_dialogues=2, shard_size=1)
+    # A lenient WER gate: the tests built on this output need kept dialogues, and Whisper tiny.en
+    # sometimes mishears a whole short eSpeak turn (measured: WER 0.44 on one run of this recipe).
+    recipe = write_recipe(folder, name="two", num_dialogues=2, shard_size=1, gates={"max_wer": 0.6})
     out = folder / "out"
     result = run_cli("build", str(recipe), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]

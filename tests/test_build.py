@@ -182,3 +182,19 @@ def test_text_only_build_runs_every_text_gate_and_keeps_no_near_duplicates(tmp_p
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["text_gates_version"] == "text-gates-v1" and manifest["units"] is None
     assert "emotion_max_share_diff" in manifest["counts"]["balance"]
+
+
+def test_a_shard_with_no_kept_dialogue_still_loads_with_datasets(
+    built: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """A shard whose dialogues were all rejected is a valid, empty Parquet file (no row group)."""
+    datasets = pytest.importorskip("datasets")
+    from pipeline.io.shards import _parquet_bytes, row_schema
+
+    out, _ = built
+    empty = tmp_path / "train-empty.parquet"
+    empty.write_bytes(_parquet_bytes([], row_schema(16000)))
+    assert pq.ParquetFile(empty).metadata.num_row_groups == 0
+    files = [str(empty), *map(str, sorted((out / "data").glob("*.parquet")))]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert len(ds) == sum(pq.read_metadata(f).num_rows for f in files[1:])

@@ -42,7 +42,8 @@ def _batch(out_dir: Path, n: int = 2) -> dict:
 
 
 def _user_clip(out_dir: Path):
-    row = pq.read_table(sorted((out_dir / "data").glob("*.parquet"))[0]).to_pylist()[0]
+    # the first kept dialogue (a shard whose dialogues were all rejected has no rows)
+    row = next(r for f in sorted((out_dir / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist())
     return from_bytes(row["turns"][0]["audio"]["bytes"]), row["turns"][1]["speaker_id"]
 
 

@@ -175,12 +175,16 @@ def reject_rows(d: Dialogue) -> list[dict[str, Any]]:
 
 
 def _parquet_bytes(rows: list[dict[str, Any]], schema: Any) -> bytes:
+    """Parquet file bytes of `rows` (zstd). No rows gives a file with the schema and no row group,
+    which readers such as `datasets` skip (a zero-row group makes them fail)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows, schema=schema)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    else:
+        pq.ParquetWriter(buf, schema, compression="zstd").close()
     return buf.getvalue()
 
 

@@ -52,6 +52,6 @@ class Synthesizer(Stage):
         rate = self.ctx.recipe.tts.sample_rate
         for turn in dialogue.turns:
             audio = resample(self.render(turn), rate)
-            turn.audio, turn.sampling_rate, turn.duration_s = to_flac(audio), rate, round(audio.duration_s, 3)
+            turn.audio, turn.sampling_rate, turn.duration_s = to_flac(audio), rate, audio.duration_s
         dialogue.tts_backend = self.backend
         return dialogue

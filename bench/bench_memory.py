@@ -31,7 +31,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         recipe = demo_variant(args.out / f"memory-{n}.yaml", name=f"memory-{n}", num_dialogues=n, shard_size=25,
                               scenarios={"min_exchanges": 1, "max_exchanges": 1},
-                              text_gates={"emotion_check": False})  # fmt: skip
+                              llm={"max_tokens": 32}, text_gates={"emotion_check": False})  # fmt: skip
         results[n] = run_build(recipe, out)
         r = results[n]
         line = f"{n:>5} dialogues: wall {r['wall_s']:.0f} s, kept {r['counts']['kept']}, "

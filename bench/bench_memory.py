@@ -4,8 +4,8 @@ Builds the same recipe twice into fresh folders, N1 and N2 dialogues, and sample
 proportional set size (PSS) of the CLI process alone (the driver: writer buffers, dedup index) and
 of its whole process tree (driver, Ray's GCS and raylet, stage actors, the llama.cpp server). PSS
 counts shared pages, Ray's object store among them, once. To keep the 1,000-dialogue run near half
-an hour on 2 cores, the recipe is the demo with one exchange per dialogue and no text emotion check;
-both runs use that same recipe.
+an hour on 2 cores, the recipe is the demo with one exchange per dialogue, turns of at most 32 tokens
+and no text emotion check; both runs use that same recipe.
 
     python bench/bench_memory.py [--small 100] [--large 1000]
 """

@@ -261,3 +261,7 @@ def test_a_later_failure_keeps_the_earlier_exchange(gates: AudioGates) -> None:
     assert dialogue.kept
     assert [t.turn_id[-3:] for t in dialogue.turns] == ["t01", "t02"]
     assert [r.reason for r in dialogue.dropped_turns] == ["wer_too_high", "follows_rejected_turn"]
+    from pipeline.io.shards import reject_rows
+
+    targets = {row["turn_id"][-3:]: row["emotion_target"] for row in reject_rows(dialogue)}
+    assert targets == {"t04": "neutral", "t03": "angry"}  # the assistant's style, the user's emotion

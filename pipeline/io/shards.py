@@ -165,7 +165,7 @@ def reject_rows(d: Dialogue) -> list[dict[str, Any]]:
                 "detail": r.detail,
                 "wer": m.get("wer"),
                 "duration_s": m.get("duration_s"),
-                "emotion_target": targets.get(r.turn_id, d.scenario.emotion),
+                "emotion_target": m.get("emotion_target") or targets.get(r.turn_id, d.scenario.emotion),
                 "emotion_measured": m.get("emotion_measured"),
                 "emotion_score": m.get("emotion_score"),
                 "measured_json": json.dumps(m, sort_keys=True),

@@ -170,9 +170,10 @@ class AudioGates(Stage):
             if failure is None:
                 continue
             keep = position - position % 2  # whole exchanges only
+            failure.measured.setdefault("emotion_target", turn.emotion)
             dialogue.dropped_turns.append(failure)
             dialogue.dropped_turns.extend(
-                Reject(self.name, "follows_rejected_turn", failure.turn_id, t.turn_id)
+                Reject(self.name, "follows_rejected_turn", failure.turn_id, t.turn_id, {"emotion_target": t.emotion})
                 for t in dialogue.turns[keep:]
                 if t is not turn
             )

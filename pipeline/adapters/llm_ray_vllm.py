@@ -29,7 +29,8 @@ def check_ray_vllm(model_path: str | None) -> None:
     """Raise FileNotFoundError naming the fix if the model folder or `ray[llm]` is missing."""
     if not model_path or not Path(model_path).is_dir():
         raise FileNotFoundError(
-            f"llm.model_path: backend ray-vllm needs a local model folder (e.g. Qwen3-8B), got {model_path!r}"
+            f"llm.model_path: {model_path!r} is not a folder; backend ray-vllm needs a local model folder "
+            "(e.g. Qwen3-8B) at the same path on every GPU node"
         )
     try:
         import ray.data.llm  # noqa: F401

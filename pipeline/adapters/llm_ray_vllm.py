@@ -19,7 +19,14 @@ from typing import Any
 
 from pipeline.records import Reject
 from pipeline.stages.base import BuildContext
-from pipeline.stages.s2_dialogue import DialogueOut, add_turns, dialogue_messages, parse_dialogue, request_seed
+from pipeline.stages.s2_dialogue import (
+    DialogueOut,
+    add_turns,
+    dialogue_max_tokens,
+    dialogue_messages,
+    parse_dialogue,
+    request_seed,
+)
 from pipeline.stages.s2_text_gates import InvalidOutput, TextGates
 
 STAGE = "dialogue"
@@ -68,7 +75,7 @@ class DialogueRequests:
             "messages": dialogue_messages(self.ctx.catalogs.prompts, dialogue),
             "sampling_params": {
                 "temperature": cfg.temperature,
-                "max_tokens": cfg.max_tokens * 2 * dialogue.scenario.num_exchanges + 40,
+                "max_tokens": dialogue_max_tokens(cfg, dialogue.scenario.num_exchanges),
                 "seed": request_seed(dialogue.id, "dialogue", 0),
                 "structured_outputs": {"json": self.schema},
             },

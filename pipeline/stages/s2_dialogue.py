@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.adapters.llm_client import ChatClient, LLMError
 from pipeline.io.request_cache import CACHE_PATH, RequestCache
+from pipeline.recipe import Emotion, LLMConfig
 from pipeline.records import Dialogue, Reject, Turn, turn_id
 from pipeline.stages.base import Stage
 from pipeline.stages.s2_text_gates import InvalidOutput, TextGates
@@ -36,7 +37,7 @@ class TurnOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
     text: str = Field(min_length=1, max_length=600)
-    emotion: Literal["neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted", "none"] = Field(
+    emotion: Literal[Emotion, "none"] = Field(
         "none", description="User turns: the emotion the turn expresses; assistant turns: none."
     )
     strategy: Literal["acknowledge", "validate", "reassure", "ask", "suggest", "none"] = Field(
@@ -86,8 +87,7 @@ class DialogueWriter(Stage):
         cache = RequestCache(self.ctx.out_dir / CACHE_PATH) if self.cfg.cache_requests else None
         self.client = ChatClient(self.cfg, self.ctx.llm_base_url, cache)
         self.gates = TextGates(self.ctx.recipe.text_gates, self.cfg, self.ctx.catalogs.emotion_sentences)
-        self.gates.emotion_scores("warm-up")  # load the language and embedding models before the first batch
-        self.gates.check("I feel fine about this today.", "user", None, [])
+        self.gates.warm_up()
 
     def run_batch(self, dialogues: list[Dialogue]) -> list[Dialogue]:
         """Write up to `llm.max_concurrency` dialogues at once; results keep the input order."""
@@ -158,7 +158,7 @@ class DialogueWriter(Stage):
     def _write_dialogue(self, dialogue: Dialogue) -> list[WrittenTurn]:
         sc = dialogue.scenario
         messages = dialogue_messages(self.prompts, dialogue)
-        budget = self.cfg.max_tokens * 2 * sc.num_exchanges + 40
+        budget = dialogue_max_tokens(self.cfg, sc.num_exchanges)
 
         def parse(raw: str) -> list[WrittenTurn]:
             return parse_dialogue(raw, sc.num_exchanges, sc.emotion, self.gates)
@@ -182,6 +182,11 @@ def dialogue_messages(prompts: dict[str, Any], dialogue: Dialogue) -> list[dict[
         num_exchanges=sc.num_exchanges,
     )
     return [{"role": "system", "content": prompts["system"]}, {"role": "user", "content": user}]
+
+
+def dialogue_max_tokens(cfg: LLMConfig, num_exchanges: int) -> int:
+    """Token budget of a whole-dialogue request: `llm.max_tokens` per turn plus room for the JSON."""
+    return cfg.max_tokens * 2 * num_exchanges + 40
 
 
 def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates) -> list[WrittenTurn]:

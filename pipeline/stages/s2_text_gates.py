@@ -90,6 +90,15 @@ class TextGates:
         self._embedder: Any = None
         self._prototypes: np.ndarray | None = None
 
+    def warm_up(self) -> None:
+        """Load the models the enabled gates use (and only those) before the first turn arrives."""
+        if self.cfg.language:
+            self._language_prob("warm-up")
+        if self.cfg.emotion_check:
+            self.emotion_scores("warm-up")
+        elif self.cfg.response_check:
+            self.embed(["warm-up"])
+
     def _language_prob(self, text: str) -> float:
         if self._langid is None:
             import py3langid.langid as langid

@@ -39,16 +39,18 @@ def write_recipe(folder: Path, name: str = "tiny", **overrides: object) -> Path:
     return path
 
 
-def processes_matching(fragment: bytes) -> list[int]:
-    """Pids of running processes whose command line contains `fragment`."""
+def processes_matching(fragment: bytes, not_children_of: int | None = None) -> list[int]:
+    """Pids of running processes whose command line contains `fragment`, leaving out the children of
+    `not_children_of` (e.g. the test session's own fixture servers)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes()
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if fragment in cmd:
+            if fragment in cmd and parent != not_children_of:
                 found.append(int(entry.name))
     return found
 

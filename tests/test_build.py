@@ -49,7 +49,8 @@ def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subpr
     assert (out / "units" / "codebook.npz").exists()
     assert not list(out.rglob("*.tmp"))
     own_server = f"{sys.executable}\0-m\0llama_cpp.server".encode()  # this venv's, not another checkout's
-    assert not processes_matching(own_server), "the embedded LLM server outlived the build"
+    leftover = processes_matching(own_server, not_children_of=os.getpid())  # not the session's llm_url server
+    assert not leftover, "the embedded LLM server outlived the build"
     assert verify(out) == ([], {"requested": 2, "kept": len(kept), "rejected": len(rejected)})
 
 

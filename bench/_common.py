@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: recipes derived from the demo, CLI builds, process memory."""
+"""Helpers shared by the benchmark scripts: recipes derived from the demo, CLI builds, process memory,
+the previous embedded LLM server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.adapters.llm_server import EmbeddedLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,3 +87,28 @@ def run_build(recipe: Path, out: Path, *extra: str, env: dict[str, str] | None =
         sys.exit(f"build {recipe} failed ({proc.returncode}):\n{stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {**manifest, "peak_driver_mb": peaks[0], "peak_tree_mb": peaks[1], "wall_s": time.monotonic() - started}
+
+
+class LlamaCppPythonServer(EmbeddedLLMServer):
+    """The previous embedded server, llama-cpp-python's (one request at a time), for side-by-side benches.
+
+    Needs the `bench` extra (`make install-bench`); the pipeline itself runs llama.cpp's server.
+    """
+
+    def command(self) -> list[str]:
+        """llama_cpp.server's command line, with the settings the pipeline used to start it with."""
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model_path),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(self.ctx_size),
+            "--model_alias", self.model_path.stem,
+            "--cache", "true", "--cache_type", "ram", "--cache_size", str(128 << 20),
+        ]  # fmt: skip
+
+
+def old_server_available() -> bool:
+    """True when llama-cpp-python's server is installed (the `bench` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None

@@ -1,12 +1,12 @@
-"""Dialogue-writer throughput against the local llama.cpp server at max_concurrency 1, 8 and 32.
+"""Dialogue-writer throughput at max_concurrency 1, 4 and 8: the embedded llama.cpp server (xllamacpp,
+parallel slots, continuous batching) side by side with the previous one (llama-cpp-python's server,
+one request at a time), in one run, on the same GGUF, prompts and scenarios.
 
 Runs the real DialogueWriter (turns mode, the demo's prompts, request cache off) over a fresh set of
-dialogues at each concurrency, in one run and on the same server, and prints requests/s and
-completion tokens/s side by side. The embedded llama-cpp-python server answers one request at a
-time (a single slot on 1 thread), so here concurrency can only hide client and HTTP latency; against
-vLLM, which batches requests in flight, the same setting is what scales.
+dialogues at each concurrency and prints requests/s and completion tokens/s. The old server needs the
+`bench` extra (`make install-bench`); without it only the new one is measured (and the script says so).
 
-    python bench/bench_llm.py [--dialogues 32] [--levels 1 8 32]
+    python bench/bench_llm.py [--dialogues 16] [--levels 1 4 8] [--threads 1] [--slots 8]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import LlamaCppPythonServer, old_server_available
 
 from pipeline.adapters.llm_server import EmbeddedLLMServer
 from pipeline.catalogs import load_catalogs
@@ -38,35 +39,53 @@ def context(folder: Path, url: str, concurrency: int) -> BuildContext:
     return BuildContext(recipe=loaded, catalogs=load_catalogs(loaded), out_dir=folder, llm_base_url=url)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dialogues", type=int, default=32, help="dialogues per level (2 requests each)")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
+def measure(server: EmbeddedLLMServer, levels: list[int], dialogues: int) -> list[tuple[int, int, int, float]]:
+    """(level, requests, completion tokens, wall s) per concurrency level against one server."""
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedLLMServer() as url:
+    with tempfile.TemporaryDirectory() as tmp, server as url:
         folder = Path(tmp)
-        warm = DialogueWriter(context(folder, url, 1))
+        warm = DialogueWriter(context(folder, url, 2))
         warm.setup()
-        warm.run_batch([ScenarioSampler(warm.ctx).new(10_000 + i) for i in range(2)])  # fill the prompt cache
-        for n, level in enumerate(args.levels):
+        warm.run_batch([ScenarioSampler(warm.ctx).new(10_000 + i) for i in range(2)])  # fill the prompt caches
+        for n, level in enumerate(levels):
             writer = DialogueWriter(context(folder, url, level))
             writer.setup()
             sampler = ScenarioSampler(writer.ctx)
-            dialogues = [sampler.new(n * 1000 + i) for i in range(args.dialogues)]
+            batch = [sampler.new(n * 1000 + i) for i in range(dialogues)]
             started = time.perf_counter()
-            done = writer.run_batch(dialogues)
+            writer.run_batch(batch)
             wall = time.perf_counter() - started
-            client = writer.client
-            rows.append((level, len(done), client.requests_sent, client.completion_tokens, wall))
-    print(f"{'max_concurrency':>15} {'dialogues':>9} {'requests':>8} {'tokens':>7} {'wall s':>7} "
-          f"{'requests/s':>10} {'tokens/s':>8}")  # fmt: skip
-    for level, dialogues, requests, tokens, wall in rows:
-        print(f"{level:>15} {dialogues:>9} {requests:>8} {tokens:>7} {wall:>7.1f} "
-              f"{requests / wall:>10.3f} {tokens / wall:>8.1f}")  # fmt: skip
-    base = rows[0][2] / rows[0][4]
-    print("requests/s relative to max_concurrency 1: "
-          + ", ".join(f"{lvl}: {req / wall / base:.2f}x" for lvl, _, req, _, wall in rows))  # fmt: skip
+            rows.append((level, writer.client.requests_sent, writer.client.completion_tokens, wall))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dialogues", type=int, default=16, help="dialogues per level (2 requests each)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--threads", type=int, default=1, help="server threads (both servers)")
+    parser.add_argument("--slots", type=int, default=8, help="parallel slots of the llama.cpp server")
+    args = parser.parse_args()
+    servers: list[tuple[str, EmbeddedLLMServer]] = [
+        (f"llama.cpp server (xllamacpp), {args.slots} slots", EmbeddedLLMServer(threads=args.threads, slots=args.slots))
+    ]
+    if old_server_available():
+        servers.insert(0, ("llama-cpp-python server (before)", LlamaCppPythonServer(threads=args.threads)))
+    else:
+        print("llama-cpp-python is not installed (`make install-bench`): measuring the new server only")
+    results = {name: measure(server, args.levels, args.dialogues) for name, server in servers}
+    print(f"\n{args.dialogues} dialogues (1 exchange) per level, {args.threads} server thread(s)")
+    print(f"{'server':<40} {'concurrency':>11} {'requests':>8} {'tokens':>7} {'wall s':>7} {'requests/s':>10} "
+          f"{'tokens/s':>8}")  # fmt: skip
+    for name, rows in results.items():
+        for level, requests, tokens, wall in rows:
+            print(f"{name:<40} {level:>11} {requests:>8} {tokens:>7} {wall:>7.1f} {requests / wall:>10.3f} "
+                  f"{tokens / wall:>8.1f}")  # fmt: skip
+    if len(results) == 2:
+        (old_name, old), (new_name, new) = results.items()
+        print("requests/s, new / old: " + ", ".join(
+            f"concurrency {o[0]}: {(n[1] / n[3]) / (o[1] / o[3]):.2f}x" for o, n in zip(old, new, strict=True)
+        ))  # fmt: skip
 
 
 if __name__ == "__main__":

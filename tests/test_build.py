@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CLI, REPO, processes_matching, run_cli, write_recipe
 
+from pipeline.adapters.llm_server import SERVER_MODULE
 from pipeline.verify import verify
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def test_two_dialogue_build_accounts_for_every_dialogue(built: tuple[Path, subpr
     assert len(list((out / "completions").iterdir())) == 2
     assert (out / "units" / "codebook.npz").exists()
     assert not list(out.rglob("*.tmp"))
-    own_server = f"{sys.executable}\0-m\0llama_cpp.server".encode()  # this venv's, not another checkout's
+    own_server = f"{sys.executable}\0-m\0{SERVER_MODULE}".encode()  # this venv's, not another checkout's
     leftover = processes_matching(own_server, not_children_of=os.getpid())  # not the session's llm_url server
     assert not leftover, "the embedded LLM server outlived the build"
     assert verify(out) == ([], {"requested": 2, "kept": len(kept), "rejected": len(rejected)})

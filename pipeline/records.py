@@ -77,6 +77,7 @@ class Reject:
     detail: str = ""
     turn_id: str = ""
     measured: dict[str, float | str] = field(default_factory=dict)
+    kind: str = "permanent"  # "transient": the infrastructure failed, a resumed build retries it (failures.py)
 
 
 @dataclass
@@ -102,3 +103,8 @@ class Dialogue:
     def kept(self) -> bool:
         """True unless a stage rejected the whole dialogue."""
         return self.reject is None
+
+    @property
+    def transient(self) -> bool:
+        """True if the dialogue was dropped by an infrastructure failure that a resume retries."""
+        return self.reject is not None and self.reject.kind == "transient"

@@ -67,6 +67,7 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
     text_only = bool(manifest["recipe"].get("text_only"))
     kept_ids: list[str] = []
     rejected_ids: list[str] = []
+    transient_ids: list[str] = []  # dialogues an outage dropped, awaiting a retry by a resumed build
     stats_sum: Counter[str] = Counter()
     for k in range(shards):
         name = f"{k:05d}-of-{shards:05d}"
@@ -97,10 +98,22 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
             _check_row(row, sample_rate, text_only, problems)
         kept_ids += [row["id"] for row in rows]
         rejected_ids += [r["id"] for r in rejects.to_pylist() if r["level"] == "dialogue"]
+        transient = {r["id"] for r in rejects.to_pylist() if r["level"] == "dialogue" and r.get("kind") == "transient"}
+        marked = {dialogue_id(seed, i) for i in json.loads(files["marker"].read_text()).get("transient", [])}
+        if transient != marked:
+            problems.append(
+                f"shard {k}: its marker lists {len(marked)} transient failure(s), the rejects {len(transient)}"
+            )
+        transient_ids += sorted(transient)
     for kind, ids in (("kept", kept_ids), ("rejected", rejected_ids), ("kept and rejected", kept_ids + rejected_ids)):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
             problems.append(f"duplicate {kind} ids: {', '.join(dupes[:5])}")
+    if transient_ids:
+        problems.append(
+            f"{len(transient_ids)} dialogue(s) failed transiently (an outage, not a gate) and await a retry: "
+            f"re-run the same build command to retry them ({', '.join(transient_ids[:5])})"
+        )
     expected = {dialogue_id(seed, i) for i in range(total)}
     lost = sorted(expected - set(kept_ids) - set(rejected_ids))
     if lost:

@@ -3,6 +3,11 @@
 Each POST is forwarded to the upstream server, except that with probability `rate` it instead
 gets one fault, in turn: HTTP 500, HTTP 429 with Retry-After, a hang longer than the client's
 timeout, a truncated JSON body, an empty body, or a reset connection. GETs pass through.
+
+Outages: while `down` is set, every connection (GET and POST) is reset as soon as it is accepted,
+as a restarting server behind a load balancer would; a POST for which `refuse(body)` is true is reset
+too (the hook may set `down` to start an outage there; tests clear `down` to end it). `answered`
+holds the sha256 of every POST that got the upstream's answer.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("http_500", "http_429", "timeout", "truncated_json", "empty_body", "connection_reset")
@@ -30,6 +36,10 @@ class FaultProxy:
         self.hang_s = hang_s
         self.counts: Counter[str] = Counter()
         self.arrived: list[str] = []  # sha256 of each POST body, in arrival order
+        self.bodies: list[bytes] = []  # each POST body, in arrival order
+        self.answered: list[str] = []  # sha256 of each POST body answered with the upstream's 200
+        self.down = False
+        self.refuse: Callable[[bytes], bool] | None = None
         self._rng = random.Random(seed)
         self._cycle = itertools.cycle(FAULTS)
         self._lock = threading.Lock()
@@ -37,17 +47,21 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if proxy.down:
+                    return self._reset("refused")
                 with urllib.request.urlopen(proxy.upstream + self.path.removeprefix("/v1"), timeout=30) as resp:
                     self._reply(resp.status, resp.read())
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                proxy.arrived.append(hashlib.sha256(body).hexdigest())
+                digest = hashlib.sha256(body).hexdigest()
+                proxy.arrived.append(digest)
+                proxy.bodies.append(body)
+                if proxy.down or (proxy.refuse is not None and proxy.refuse(body)):
+                    return self._reset("refused")
                 fault = proxy._pick()
                 if fault == "connection_reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.connection.close()
-                    return
+                    return self._reset()
                 if fault == "http_500":
                     return self._reply(500, b'{"error": {"message": "injected"}}')
                 if fault == "http_429":
@@ -65,7 +79,16 @@ class FaultProxy:
                     data = data[: len(data) // 2]
                 elif fault == "empty_body":
                     data = b""
+                else:
+                    proxy.answered.append(digest)
                 self._reply(200, data)
+
+            def _reset(self, count: str = "") -> None:
+                if count:
+                    with proxy._lock:
+                        proxy.counts[count] += 1
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
 
             def _reply(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 try:

@@ -17,6 +17,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from pipeline.failures import classify
 from pipeline.records import Reject
 from pipeline.stages.base import BuildContext
 from pipeline.stages.s2_dialogue import (
@@ -95,7 +96,8 @@ class DialogueResults:
         error = row.get("__inference_error__") or ""
         sc = dialogue.scenario
         if error:
-            dialogue.reject = Reject(stage=STAGE, reason="llm_request_failed", detail=str(error)[:300])
+            kind = classify(str(error))  # the engine's error arrives as text: OOM or a lost connection is transient
+            dialogue.reject = Reject(stage=STAGE, reason="llm_request_failed", detail=str(error)[:300], kind=kind)
         else:
             try:
                 raw = row.get("generated_text") or ""

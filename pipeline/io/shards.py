@@ -4,7 +4,7 @@ Layout (the data contract):
     data/train-XXXXX-of-YYYYY.parquet     kept dialogues, one row per dialogue
     rejects/rejects-XXXXX-of-YYYYY.parquet every dropped dialogue or turn, with reason and measurements
     stats/shard-XXXXX.json                 counts of one shard
-    completions/shard-XXXXX.done           written last: the shard is final and never rewritten
+    completions/shard-XXXXX.done           written last: the shard is done (see "transient" below)
     units/codebook.npz                     the dataset's speech-unit codebook
     cache/llm.sqlite                       finished LLM requests, replayed on resume
     manifest.json                          recipe, hash, seed, versions, counts
@@ -12,6 +12,15 @@ Layout (the data contract):
 Shard k holds dialogues k*shard_size ... (k+1)*shard_size-1. Each file is written to a temp file and
 renamed into place, and a shard's marker only after its files, so a killed build leaves no partial
 file and resumes exactly at the first unfinished shard.
+
+A shard whose dialogues include transient rejects (an outage, not a gate) is written all the same,
+but its marker lists their indices (`transient`) with the shard's counts without them (`base`): it
+is not final. A resumed build runs exactly those dialogues again and merges them in: the data and
+rejects files keep every row of the other dialogues and take the new outcomes in place of the
+transient rejects, the stats become `base` plus the new counts, and the marker is rewritten last.
+Until the marker changes the old one still describes the merge to do, and the merge is idempotent
+(rows of the retried ids are dropped before the new ones are added), so a crash anywhere in it loses
+nothing and the next resume redoes it exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from typing import Any
 
 from pipeline.io.files import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from pipeline.recipe import Recipe
-from pipeline.records import Dialogue, Reject
+from pipeline.records import Dialogue, Reject, dialogue_id
 
 # One declarative table gives both the Arrow schema and the Hugging Face `datasets` features.
 # A kind is a type name, ("list", kind) or a dict of field -> kind.
@@ -83,6 +92,7 @@ REJECT_ROW = {
     "emotion_measured": "string",
     "emotion_score": "float32",
     "measured_json": "string",
+    "kind": "string",  # permanent (a gate or the data decided) or transient (infrastructure; retried on resume)
 }
 STAGE_DIRS = ("data", "rejects", "stats", "completions", "units", "cache")
 
@@ -169,6 +179,7 @@ def reject_rows(d: Dialogue) -> list[dict[str, Any]]:
                 "emotion_measured": m.get("emotion_measured"),
                 "emotion_score": m.get("emotion_score"),
                 "measured_json": json.dumps(m, sort_keys=True),
+                "kind": r.kind,
             }
         )
     return rows
@@ -192,6 +203,36 @@ def _count_reasons(rejects: list[Reject | None]) -> dict[str, int]:
     return dict(sorted(Counter(r.reason for r in rejects if r is not None).items()))
 
 
+def _row_index(row: dict[str, Any]) -> int:
+    """The dialogue index of a kept or reject row (from its id, `dlg-<seed>-<index>`)."""
+    return int(row["id"].rsplit("-", 1)[1])
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _combine(a: dict[str, Any], b: dict[str, Any], sign: int = 1, nested: bool = False) -> dict[str, Any]:
+    """a + sign * b for stats dicts: numbers add, counters add key by key (zeros dropped), lists unite."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        if isinstance(value, dict):
+            out[key] = _combine(mine or {}, value, sign, nested=True)
+        elif isinstance(value, list):
+            out[key] = sorted(set(mine or []) | set(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            total = (mine or 0) + sign * value
+            out[key] = round(total, 3) if isinstance(total, float) else total
+        else:
+            out[key] = value
+        if nested and out[key] in (0, {}):
+            del out[key]
+    return out
+
+
 class OutputFolder:
     """Reads and writes one build's output folder."""
 
@@ -213,9 +254,27 @@ class OutputFolder:
         size = self.recipe.shard_size
         return range(shard * size, min((shard + 1) * size, self.recipe.num_dialogues))
 
-    def pending_shards(self) -> list[int]:
-        """Shards without a completion marker."""
-        return [k for k in range(self.total) if not self.marker(k).exists()]
+    def read_marker(self, shard: int) -> dict[str, Any] | None:
+        """The completion marker's content, or None if the shard was never written."""
+        try:
+            return json.loads(self.marker(shard).read_text())
+        except FileNotFoundError:
+            return None
+
+    def transient_indices(self, shard: int) -> list[int]:
+        """Indices of the shard's dialogues that failed transiently and await a retry (none if unwritten)."""
+        marker = self.read_marker(shard)
+        return list(marker.get("transient", [])) if marker else []
+
+    def pending_shards(self, retry_transient: bool = True) -> list[int]:
+        """Shards without a completion marker, plus (with `retry_transient`) those holding transient failures."""
+        return [k for k in range(self.total) if not self.marker(k).exists() or (retry_transient and self.todo(k))]
+
+    def todo(self, shard: int) -> list[int]:
+        """Indices a run still has to produce for `shard`: all of them before it is written, afterwards
+        its transient failures (none once the shard is final)."""
+        marker = self.read_marker(shard)
+        return list(self.shard_indices(shard)) if marker is None else list(marker.get("transient", []))
 
     def check(self, overwrite: bool) -> bool:
         """Decide whether this folder can take the recipe's run, without writing anything.
@@ -270,20 +329,44 @@ class OutputFolder:
         atomic_write_json(self.root / "manifest.json", manifest)
 
     def write_shard(self, shard: int, dialogues: list[Dialogue], wall_s: float) -> dict[str, Any]:
-        """Write one finished shard (data, rejects, stats, then the marker); returns its stats."""
+        """Write one finished shard (data, rejects, stats, then the marker); returns its stats.
+
+        For a shard already written with transient rejects, `dialogues` are the retried ones
+        (exactly the marker's `transient` indices) and are merged into the shard's files.
+        """
         dialogues = sorted(dialogues, key=lambda d: d.index)
-        expected = list(self.shard_indices(shard))
+        marker = self.read_marker(shard)
+        merging = bool(marker and marker.get("transient"))
+        expected = list(marker["transient"]) if marker and merging else list(self.shard_indices(shard))
         got = [d.index for d in dialogues]
         if got != expected:
             raise ValueError(f"shard {shard}: got dialogues {got[:5]}..., expected {expected[:5]}...")
-        kept = [d for d in dialogues if d.kept]
         name = self.shard_name(shard)
+        data_path = self.root / "data" / f"train-{name}.parquet"
+        rejects_path = self.root / "rejects" / f"rejects-{name}.parquet"
+        rows = [dialogue_row(d) for d in dialogues if d.kept]
         rejects = [row for d in dialogues for row in reject_rows(d)]
-        atomic_write_bytes(
-            self.root / "data" / f"train-{name}.parquet",
-            _parquet_bytes([dialogue_row(d) for d in kept], row_schema(self.recipe.tts.sample_rate)),
-        )
-        atomic_write_bytes(self.root / "rejects" / f"rejects-{name}.parquet", _parquet_bytes(rejects, reject_schema()))
+        stats = self._stats(shard, dialogues, wall_s)
+        if marker and merging:
+            retried = {d.id for d in dialogues}
+            rows = sorted([r for r in _read_rows(data_path) if r["id"] not in retried] + rows, key=_row_index)
+            rejects = [r for r in _read_rows(rejects_path) if r["id"] not in retried] + rejects
+            rejects.sort(key=_row_index)  # stable: a dialogue's own rows keep their order
+            stats = {**_combine(marker["base"], stats), "shard": shard}
+        atomic_write_bytes(data_path, _parquet_bytes(rows, row_schema(self.recipe.tts.sample_rate)))
+        atomic_write_bytes(rejects_path, _parquet_bytes(rejects, reject_schema()))
+        atomic_write_json(self.root / "stats" / f"shard-{shard:05d}.json", stats)
+        transient = [d for d in dialogues if d.transient]
+        done: dict[str, Any] = {"shard": shard, "dialogues": len(self.shard_indices(shard)), "kept": stats["kept"]}
+        if transient:  # what the next merge starts from: this shard's counts without its transient failures
+            done["transient"] = [d.index for d in transient]
+            done["base"] = _combine(stats, self._stats(shard, transient, 0.0), sign=-1)
+        atomic_write_json(self.marker(shard), done)
+        return stats
+
+    def _stats(self, shard: int, dialogues: list[Dialogue], wall_s: float) -> dict[str, Any]:
+        """The counts of `dialogues` (additive: a shard's stats are the sum over its dialogues)."""
+        kept = [d for d in dialogues if d.kept]
         kept_turns = [t for d in kept for t in d.turns]
         stats = {
             "shard": shard,
@@ -304,8 +387,8 @@ class OutputFolder:
             },
             "wall_s": round(wall_s, 3),
         }
-        atomic_write_json(self.root / "stats" / f"shard-{shard:05d}.json", stats)
-        atomic_write_json(self.marker(shard), {"shard": shard, "dialogues": len(dialogues), "kept": len(kept)})
+        stats["transient"] = sum(d.transient for d in dialogues)
+        stats["rejected_by_kind"] = dict(Counter(d.reject.kind for d in dialogues if d.reject is not None))
         return stats
 
     def kept_texts(self) -> Iterator[tuple[str, list[str]]]:
@@ -314,15 +397,19 @@ class OutputFolder:
 
         for k in range(self.total):
             path = self.root / "data" / f"train-{self.shard_name(k)}.parquet"
-            if self.marker(k).exists() and path.exists():
+            marker = self.read_marker(k)
+            if marker is not None and path.exists():
+                retry = {dialogue_id(self.recipe.seed, i) for i in marker.get("transient", [])}  # mid-merge rows
                 for row in pq.read_table(path, columns=["id", "turns"]).to_pylist():
-                    yield row["id"], [t["text"] for t in row["turns"]]
+                    if row["id"] not in retry:
+                        yield row["id"], [t["text"] for t in row["turns"]]
 
     def totals(self) -> dict[str, Any]:
-        """Counts summed over every completed shard."""
+        """Counts summed over every written shard (`transient`: failures that await a retry)."""
         total: dict[str, Any] = {"shards_done": 0, "requested": 0, "kept": 0, "rejected": 0, "turns_kept": 0}
+        total["transient"] = 0
         summed = ("rejected_by_reason", "turns_dropped_by_reason", "emotions", "speakers")
-        summed += ("cells", "cells_requested", "nodes")
+        summed += ("cells", "cells_requested", "nodes", "rejected_by_kind")
         counters: dict[str, Counter[str]] = {k: Counter() for k in (*summed, "stage_seconds")}
         audio = 0.0
         for k in range(self.total):
@@ -333,6 +420,7 @@ class OutputFolder:
             total["shards_done"] += 1
             for key in ("requested", "kept", "rejected", "turns_kept"):
                 total[key] += stats[key]
+            total["transient"] += stats.get("transient", 0)
             for key, counter in counters.items():
                 counter.update(stats.get(key, {}))
             audio += stats["audio_seconds"]

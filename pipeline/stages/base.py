@@ -3,7 +3,8 @@
 A stage is a plain Python class (testable without Ray). Anything that loads a model does it in
 `setup()`, which Ray runs once per actor. A dialogue a stage rejects keeps travelling with its
 `Reject`; later stages pass it through untouched. An unexpected exception inside `process` becomes
-a reject with reason `<stage>_error`, so one bad row never kills a batch.
+a reject with reason `<stage>_error`, so one bad row never kills a batch; the reject is transient
+(retried by a resumed build) when the exception is an infrastructure failure (pipeline/failures.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.catalogs import Catalogs
+from pipeline.failures import classify
 from pipeline.recipe import Recipe
 from pipeline.records import Dialogue, Reject
 
@@ -64,6 +66,7 @@ class Stage:
                 stage=self.name,
                 reason=f"{self.name}_error",
                 detail=f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})"[:500],
+                kind=classify(err),
             )
             return dialogue
         finally:

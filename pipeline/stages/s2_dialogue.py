@@ -5,9 +5,12 @@ Two modes, chosen by `llm.mode` in the recipe:
 - `dialogue`: one request per dialogue whose output is constrained by a JSON schema and
   validated with pydantic (for capable models such as Qwen3 behind vLLM).
 Every turn passes the text gates (s2_text_gates.py). Invalid output is retried with a new seed up to
-`llm.max_retries` times, then rejected with the reason of the last failure. An actor handles a batch
-of dialogues with up to `llm.max_concurrency` of them in flight at once (threads; each dialogue's
-own requests are sequential because every turn depends on the previous one).
+`llm.max_retries` times, then rejected (permanently) with the reason of the last failure; a request
+the endpoint never answered rejects the dialogue transiently (`llm_request_failed`, or
+`llm_endpoint_down` after an outage outlasted `reliability.outage_budget_s`), to be retried on
+resume. An actor handles a batch of dialogues with up to `llm.max_concurrency` of them in flight at
+once (threads; each dialogue's own requests are sequential because every turn depends on the
+previous one).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.adapters.llm_client import ChatClient, LLMError
+from pipeline.failures import classify
 from pipeline.io.request_cache import CACHE_PATH, RequestCache
 from pipeline.recipe import Emotion, LLMConfig
 from pipeline.records import Dialogue, Reject, Turn, turn_id
@@ -85,7 +89,8 @@ class DialogueWriter(Stage):
         self.cfg = self.ctx.recipe.llm
         self.prompts = self.ctx.catalogs.prompts
         cache = RequestCache(self.ctx.out_dir / CACHE_PATH) if self.cfg.cache_requests else None
-        self.client = ChatClient(self.cfg, self.ctx.llm_base_url, cache)
+        rel = self.ctx.recipe.reliability
+        self.client = ChatClient(self.cfg, self.ctx.llm_base_url, cache, rel.outage_budget_s, rel.probe_max_interval_s)
         self.gates = TextGates(self.ctx.recipe.text_gates, self.cfg, self.ctx.catalogs.emotion_sentences)
         self.gates.warm_up()
 
@@ -104,8 +109,9 @@ class DialogueWriter(Stage):
         except InvalidOutput as err:
             dialogue.reject = Reject(stage=self.name, reason=err.reason, detail=str(err)[:300])
             return dialogue
-        except LLMError as err:
-            dialogue.reject = Reject(stage=self.name, reason="llm_request_failed", detail=str(err))
+        except LLMError as err:  # transient unless the server answered with a permanent error (e.g. 400)
+            reason = "llm_endpoint_down" if err.outage else "llm_request_failed"
+            dialogue.reject = Reject(self.name, reason, str(err), kind=classify(err))
             return dialogue
         add_turns(dialogue, texts, self.ctx.catalogs.emotions[dialogue.scenario.emotion].assistant_style)
         return dialogue

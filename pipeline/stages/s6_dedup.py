@@ -5,18 +5,21 @@ dialogues are near-duplicates when the Jaccard similarity of their shingle sets 
 `text_gates.near_duplicate_jaccard`. MinHash LSH (datasketch) proposes candidates with a lower
 threshold, so that it misses almost no true pair, and the exact Jaccard of the stored shingle sets
 decides. The writer feeds dialogues in index order, so of two near-duplicates the one with the
-higher index is rejected (`near_duplicate`), whatever order the workers finished in, and a resumed
-build first re-indexes the dialogues its completed shards kept.
+higher index is rejected (`near_duplicate`), whatever order the workers finished in. The kept
+dialogues are indexed on disk (`pipeline/io/dedup_index.py`), so the driver's memory does not grow
+with the dataset and a resumed build reopens the index instead of re-reading its completed shards.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.records import Dialogue, Reject
+from pipeline.io.dedup_index import DedupStore
+from pipeline.records import Dialogue, Reject, dialogue_index
 from pipeline.stages.s2_text_gates import ngrams, words
 
 NUM_PERM = 128
@@ -38,52 +41,75 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class NearDuplicateFilter:
-    """Remembers the kept dialogues' shingles and rejects later near-duplicates."""
+    """Rejects later near-duplicates of kept dialogues, with the kept ones indexed in a `DedupStore`.
 
-    def __init__(self, threshold: float) -> None:
+    The candidates are exactly those of datasketch's `MinHashLSH` at the same threshold (the same
+    bands of the same MinHash signatures), so the verdicts do not depend on where the index lives:
+    in memory (`path=None`, tests) or in the output folder's `dedup/index.sqlite` (builds), where the
+    driver's memory does not grow with the number of kept dialogues.
+    """
+
+    def __init__(self, threshold: float, path: Path | None = None) -> None:
         from datasketch import MinHashLSH
 
         self.threshold = threshold
-        self.lsh = MinHashLSH(threshold=max(0.05, 0.7 * threshold), num_perm=NUM_PERM)
-        self.sets: dict[str, np.ndarray] = {}
+        # Only the band layout (b bands of r rows) is taken from datasketch's optimum for this threshold.
+        self.bands = MinHashLSH(threshold=max(0.05, 0.7 * threshold), num_perm=NUM_PERM).hashranges
+        self.store = DedupStore(path)
 
-    def _minhash(self, sh: np.ndarray) -> object:
+    def _band_keys(self, sh: np.ndarray) -> list[int]:
+        """One signed 64-bit key per LSH band of the MinHash signature of shingles `sh`."""
         from datasketch import MinHash
 
         m = MinHash(num_perm=NUM_PERM, seed=1)
         m.update_batch([int(x).to_bytes(8, "big") for x in sh])
-        return m
+        values = m.hashvalues.astype(np.uint64)
+        return [
+            int.from_bytes(hashlib.blake2b(bytes([band]) + values[a:b].tobytes(), digest_size=8).digest(), "big",
+                           signed=True)
+            for band, (a, b) in enumerate(self.bands)
+        ]  # fmt: skip
 
-    def closest(self, sh: np.ndarray) -> tuple[str | None, float]:
+    def closest(self, sh: np.ndarray, keys: list[int] | None = None) -> tuple[str | None, float]:
         """The kept dialogue most similar to shingles `sh` among the LSH candidates, with its Jaccard."""
         best, best_j = None, 0.0
         if not len(sh):
             return best, best_j
-        for key in self.lsh.query(self._minhash(sh)):
-            j = jaccard(sh, self.sets[key])
+        for key, other in self.store.candidates(keys if keys is not None else self._band_keys(sh)):
+            j = jaccard(sh, other)
             if j > best_j:
                 best, best_j = key, j
         return best, best_j
 
-    def add(self, dialogue_id: str, texts: Iterable[str]) -> None:
-        """Index a kept dialogue (used when resuming from completed shards)."""
+    def add(self, dialogue_id: str, texts: Iterable[str], keys: list[int] | None = None) -> None:
+        """Index a kept dialogue (also used to seed the index from completed shards)."""
         sh = shingles(texts)
-        if dialogue_id in self.sets or not len(sh):
+        index = dialogue_index(dialogue_id)
+        if not len(sh) or self.store.contains(index):
             return
-        self.sets[dialogue_id] = sh
-        self.lsh.insert(dialogue_id, self._minhash(sh))
+        self.store.add(index, dialogue_id, sh, keys if keys is not None else self._band_keys(sh))
 
     def apply(self, dialogue: Dialogue) -> Dialogue:
         """Reject `dialogue` if it nearly duplicates a kept one; otherwise index it. Call in index order."""
         if not dialogue.kept:
             return dialogue
         texts = [t.text for t in dialogue.turns]
-        other, j = self.closest(shingles(texts))
+        sh = shingles(texts)
+        keys = self._band_keys(sh) if len(sh) else []
+        other, j = self.closest(sh, keys)
         if other is not None and j >= self.threshold:
             dialogue.reject = Reject(
                 stage="dedup", reason="near_duplicate", detail=f"word 3-gram Jaccard {j:.3f} with {other}",
                 measured={"jaccard": round(j, 4), "duplicate_of": other},
             )  # fmt: skip
             return dialogue
-        self.add(dialogue.id, texts)
+        self.add(dialogue.id, texts, keys)
         return dialogue
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Drop dialogues that this run redoes (unfinished shards, transient failures)."""
+        self.store.forget(indices)
+
+    def commit(self) -> None:
+        """Make the dialogues indexed so far durable (call before a shard's completion marker)."""
+        self.store.commit()

@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline.adapters.llm_server import EmbeddedLLMServer, endpoint_ready
 from pipeline.catalogs import Catalogs, check_voices, load_catalogs
+from pipeline.io.dedup_index import INDEX_PATH as DEDUP_INDEX_PATH
 from pipeline.io.shards import OutputFolder
 from pipeline.recipe import Recipe, RecipeError, load_recipe
 from pipeline.records import Dialogue
@@ -274,9 +275,7 @@ def build(
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
             with ray_session(recipe, ray_address):
                 stream = dialogue_stream(ctx, indices)
-                dedup = NearDuplicateFilter(recipe.text_gates.near_duplicate_jaccard)
-                for dialogue_id, texts in out.kept_texts():
-                    dedup.add(dialogue_id, texts)
+                dedup = _open_dedup(out, recipe, indices)
                 pipeline_started = time.monotonic()
                 result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
                 result.pipeline_s = time.monotonic() - pipeline_started
@@ -291,6 +290,17 @@ def build(
                             "shards_written": result.shards_written}  # fmt: skip
     out.write_manifest(manifest)
     return result
+
+
+def _open_dedup(out: OutputFolder, recipe: Recipe, redo: list[int]) -> NearDuplicateFilter:
+    """The output folder's near-duplicate index without the dialogues this run redoes; a folder
+    written before the index existed is indexed once from its completed shards."""
+    dedup = NearDuplicateFilter(recipe.text_gates.near_duplicate_jaccard, out.root / DEDUP_INDEX_PATH)
+    if dedup.store.is_new:
+        for dialogue_id, texts in out.kept_texts():
+            dedup.add(dialogue_id, texts)
+    dedup.forget(redo)
+    return dedup
 
 
 def _write_in_order(
@@ -317,6 +327,7 @@ def _write_in_order(
         while next_shard is not None and len(buffers[next_shard]) == sizes[next_shard]:
             dialogues = sorted(buffers.pop(next_shard), key=lambda d: d.index)
             dialogues = [dedup.apply(d) for d in dialogues]
+            dedup.commit()  # before the shard's marker: a crash in between is undone by `forget` on resume
             out.write_shard(next_shard, dialogues, time.monotonic() - first_seen.pop(next_shard))
             written += 1
             next_shard = next(order, None)

@@ -17,6 +17,11 @@ def dialogue_id(seed: int, index: int) -> str:
     return f"dlg-{seed}-{index:06d}"
 
 
+def dialogue_index(dialogue: str) -> int:
+    """The index part of a dialogue id (`dlg-<seed>-<index>`)."""
+    return int(dialogue.rsplit("-", 1)[1])
+
+
 def turn_id(dialogue: str, number: int) -> str:
     """Deterministic turn id: the dialogue id plus the 1-based turn number."""
     return f"{dialogue}-t{number:02d}"

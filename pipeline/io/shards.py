@@ -94,7 +94,7 @@ REJECT_ROW = {
     "measured_json": "string",
     "kind": "string",  # permanent (a gate or the data decided) or transient (infrastructure; retried on resume)
 }
-STAGE_DIRS = ("data", "rejects", "stats", "completions", "units", "cache")
+STAGE_DIRS = ("data", "rejects", "stats", "completions", "units", "cache", "dedup")
 
 
 def _arrow_type(kind: Any) -> Any:

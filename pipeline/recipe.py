@@ -74,7 +74,7 @@ class LLMConfig(_Strict):
 
     backend: Literal["embedded", "openai", "ray-vllm"] = Field(
         "embedded",
-        description="`embedded` starts llama_cpp.server locally with the SmolLM2-135M GGUF; "
+        description="`embedded` starts llama.cpp's server (xllamacpp) locally with the SmolLM2-135M GGUF; "
         "`openai` uses any OpenAI-compatible endpoint at base_url; `ray-vllm` runs vLLM engines inside the "
         "Ray Data pipeline (ray.data.llm, GPU clusters, dialogue mode, model_path = local model folder).",
     )
@@ -87,6 +87,13 @@ class LLMConfig(_Strict):
     )
     server_threads: int = Field(
         1, ge=1, description="Threads of the embedded llama.cpp server (1 leaves a core for TTS and ASR)."
+    )
+    server_slots: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Sequences the embedded llama.cpp server decodes at once (parallel slots, continuous "
+        "batching); set llm.max_concurrency x resources.dialogue.concurrency to match.",
     )
     mode: Literal["turns", "dialogue"] = Field(
         "turns",
@@ -108,7 +115,7 @@ class LLMConfig(_Strict):
         ge=1,
         le=1024,
         description="Dialogues each dialogue actor writes at once (requests in flight); raise it for vLLM or "
-        "OpenAI endpoints, keep 1 for the embedded single-slot llama.cpp server.",
+        "OpenAI endpoints; for the embedded server, match llm.server_slots.",
     )
     extra_body: dict[str, Any] = Field(
         {},

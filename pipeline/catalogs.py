@@ -10,12 +10,21 @@ from typing import Any
 import yaml
 
 from pipeline.adapters.tts_espeak import Prosody, Voice
+from pipeline.adapters.tts_piper import PiperStyle
 from pipeline.recipe import Recipe, RecipeError
-from pipeline.records import EMOTIONS, INTENSITIES, Persona
+from pipeline.records import AGE_GROUPS, EMOTIONS, INTENSITIES, Persona
 from pipeline.resources import resolve
 
 # eSpeak's volume at 100 clips when an emotion raises it by 60%; 75 leaves headroom (measured).
 DEFAULT_VOLUME = 75
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Something that happened to the user, and the emotions it can plausibly evoke."""
+
+    text: str
+    emotions: tuple[str, ...] = EMOTIONS
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,11 @@ class Topic:
 
     id: str
     name: str
-    situations: tuple[str, ...]
+    situations: tuple[Situation, ...]
+
+    def situations_for(self, emotion: str) -> tuple[Situation, ...]:
+        """The situations that can plausibly evoke `emotion` (empty if none)."""
+        return tuple(s for s in self.situations if emotion in s.emotions)
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,21 @@ class Speaker:
     age_group: str
     accent: str
     voice: Voice
+
+
+@dataclass(frozen=True)
+class PiperSpeaker:
+    """An assistant voice rendered by the embedded Piper model, with one style per assistant style."""
+
+    id: str
+    gender: str
+    age_group: str
+    accent: str
+    styles: dict[str, PiperStyle]
+
+    def style(self, name: str) -> PiperStyle:
+        """The rendering of assistant style `name` (the neutral one when the catalog has no such style)."""
+        return self.styles.get(name, self.styles["neutral"])
 
 
 @dataclass(frozen=True)
@@ -68,7 +96,7 @@ class Catalogs:
     topics: tuple[Topic, ...]
     personas: tuple[Persona, ...]
     speakers: tuple[Speaker | PromptSpeaker, ...]
-    assistants: tuple[Speaker | PromptSpeaker, ...]
+    assistants: tuple[Speaker | PromptSpeaker | PiperSpeaker, ...]
     emotions: dict[str, EmotionStyle]
     intensity_scale: dict[str, float]
     prompts: dict[str, Any]
@@ -77,12 +105,17 @@ class Catalogs:
     text_gates_version: str
     production_speakers: tuple[PromptSpeaker, ...] = ()
 
-    def speaker(self, speaker_id: str) -> Speaker | PromptSpeaker:
+    def speaker(self, speaker_id: str) -> Speaker | PromptSpeaker | PiperSpeaker:
         """Look up a user or assistant speaker by id."""
         for speaker in self.speakers + self.assistants:
             if speaker.id == speaker_id:
                 return speaker
         raise KeyError(speaker_id)
+
+    def voices_for(self, persona: Persona) -> tuple[Speaker | PromptSpeaker, ...]:
+        """User speakers that may voice `persona`: its gender (any voice for a nonbinary persona) and
+        its age group or an adjacent one (an age group the table does not order matches any)."""
+        return tuple(s for s in self.speakers if voice_matches(persona, s))
 
     def prosody(self, emotion: str, intensity: str) -> Prosody:
         """The eSpeak prosody of `emotion` at `intensity`."""
@@ -96,6 +129,16 @@ class Catalogs:
         )
 
 
+def voice_matches(persona: Persona, speaker: Speaker | PromptSpeaker) -> bool:
+    """True if `speaker` fits `persona`: same gender (a nonbinary persona or a speaker without one takes
+    any) and equal or adjacent age group."""
+    if persona.gender != "nonbinary" and speaker.gender and speaker.gender != persona.gender:
+        return False
+    if persona.age_group not in AGE_GROUPS or speaker.age_group not in AGE_GROUPS:
+        return True
+    return abs(AGE_GROUPS.index(persona.age_group) - AGE_GROUPS.index(speaker.age_group)) <= 1
+
+
 def _read_yaml(path: Path, field: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -106,6 +149,22 @@ def _read_yaml(path: Path, field: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"{field}: {path} must hold a YAML mapping")
     return data
+
+
+def _situation(entry: str | dict[str, Any]) -> Situation:
+    """A catalog situation: a plain string (fits every emotion) or {text, emotions}."""
+    if isinstance(entry, str):
+        return Situation(entry)
+    try:
+        emotions = tuple(str(e) for e in entry["emotions"])
+        situation = Situation(str(entry["text"]), emotions)
+    except (KeyError, TypeError) as err:
+        raise RecipeError(f"scenarios.catalog: situation {entry!r} needs text and emotions ({err})") from None
+    unknown = [e for e in emotions if e not in EMOTIONS]
+    if unknown or not emotions:
+        raise RecipeError(f"scenarios.catalog: situation {situation.text!r} names unknown emotions {unknown}; "
+                          f"use {', '.join(EMOTIONS)}")  # fmt: skip
+    return situation
 
 
 def _speaker(entry: dict[str, Any], field: str) -> Speaker:
@@ -126,6 +185,24 @@ def _speaker(entry: dict[str, Any], field: str) -> Speaker:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise RecipeError(f"{field}: malformed speaker entry {entry!r} ({err})") from None
+
+
+def _piper_speaker(entry: dict[str, Any]) -> PiperSpeaker:
+    field = "tts.speakers (piper_assistants)"
+    try:
+        styles = {str(name): PiperStyle(**spec) for name, spec in entry["piper"].items()}
+        speaker = PiperSpeaker(
+            id=str(entry["id"]),
+            gender=str(entry.get("gender", "")),
+            age_group=str(entry.get("age_group", "")),
+            accent=str(entry.get("accent", "")),
+            styles=styles,
+        )
+    except (KeyError, TypeError, AttributeError) as err:
+        raise RecipeError(f"{field}: malformed entry {entry!r} ({err})") from None
+    if "neutral" not in styles:
+        raise RecipeError(f"{field}: {speaker.id} needs a `neutral` style")
+    return speaker
 
 
 def _prompt_speaker(entry: dict[str, Any], folder: Path) -> PromptSpeaker:
@@ -181,7 +258,7 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
     """Load the catalogs a recipe names and check every reference; raises RecipeError."""
     raw = _read_yaml(resolve(recipe.scenarios.catalog, "prompts", base), "scenarios.catalog")
     topics = tuple(
-        Topic(id=str(t["id"]), name=str(t["name"]), situations=tuple(map(str, t["situations"])))
+        Topic(id=str(t["id"]), name=str(t["name"]), situations=tuple(_situation(s) for s in t["situations"]))
         for t in raw.get("topics") or []
     )
     if any(not t.situations for t in topics):
@@ -190,17 +267,30 @@ def load_catalogs(recipe: Recipe, base: Path | None = None) -> Catalogs:
     if not personas:
         raise RecipeError("scenarios.catalog: the persona catalog is empty")
     topics = _select(topics, recipe.scenarios.topics, "scenarios.topics", "topic")
+    homeless = [e for e in recipe.scenarios.emotions if not any(t.situations_for(e) for t in topics)]
+    if homeless:
+        raise RecipeError(
+            f"scenarios.topics: no situation of the selected topics fits emotion(s) {', '.join(homeless)}; "
+            "add topics or tag situations with those emotions"
+        )
 
     voices_path = resolve(recipe.tts.speakers, "voices", base)
     voices = _read_yaml(voices_path, "tts.speakers")
     production = tuple(_prompt_speaker(e, voices_path.parent) for e in voices.get("production") or [])
     speakers = tuple(_speaker(e, "tts.speakers") for e in voices.get("speakers") or [])
+    assistants: tuple[Speaker | PromptSpeaker | PiperSpeaker, ...]
     assistants = tuple(_speaker(e, "tts.speakers") for e in voices.get("assistants") or [])
+    if recipe.tts.assistant_backend == "piper":
+        assistants = tuple(_piper_speaker(e) for e in voices.get("piper_assistants") or [])
     if recipe.tts.backend == "cosyvoice2":  # zero-shot prompt speakers instead of eSpeak voices
         speakers = tuple(p for p in production if p.role == "user")
         assistants = tuple(p for p in production if p.role == "assistant")
     speakers = _select(speakers, recipe.scenarios.speakers, "scenarios.speakers", "speaker")
     assistants = _select(assistants, recipe.tts.assistant_speakers, "tts.assistant_speakers", "assistant speaker")
+    # a persona is spoken only by a voice that fits it; personas no selected voice fits are left out
+    personas = tuple(p for p in personas if any(voice_matches(p, s) for s in speakers))
+    if not personas:
+        raise RecipeError("scenarios.speakers: no selected speaker fits any persona's gender and age group; add voices")
 
     table = _read_yaml(resolve(recipe.tts.emotions, "voices", base), "tts.emotions")
     missing = [e for e in EMOTIONS if e not in (table.get("emotions") or {})]

@@ -167,9 +167,9 @@ def voices_list(
         table.add_column(column)
     for role, speakers in (("user", catalogs.speakers), ("assistant", catalogs.assistants)):
         for s in speakers:
-            v = s.voice
-            row = (s.id, role, s.gender, s.age_group, s.accent, v.name, v.pitch, v.pitch_range, v.rate)
-            table.add_row(*map(str, row))
+            v = getattr(s, "voice", None)  # a Piper assistant has styles, not eSpeak parameters
+            engine = (v.name, v.pitch, v.pitch_range, v.rate) if v else ("(piper)", "", "", "")
+            table.add_row(*map(str, (s.id, role, s.gender, s.age_group, s.accent, *engine)))
     Console().print(table)
 
 

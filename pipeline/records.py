@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
 INTENSITIES = ("low", "medium", "high")
+AGE_GROUPS = ("teen", "young adult", "adult", "older adult")  # in order: neighbours are adjacent
 
 
 def dialogue_id(seed: int, index: int) -> str:
@@ -71,6 +72,12 @@ class Turn:
     emotion_score: float | None = None
     speech_units: list[int] = field(default_factory=list)
     strategy: str = ""  # the assistant's empathy strategy (dialogue mode), else ""
+    # paralinguistic labels: the speaker's catalog entry, then measured on the clean clip (stage 4)
+    gender: str = ""
+    age_group: str = ""
+    accent: str = ""
+    f0_median_hz: float | None = None
+    speaking_rate_wps: float | None = None  # words per second of clip
 
 
 @dataclass

@@ -72,6 +72,32 @@ def test_rows_follow_the_data_contract(built: tuple[Path, subprocess.CompletedPr
                 assert turn["emotion_measured"] == turn["emotion"]
 
 
+def test_voices_fit_personas_and_user_turns_carry_their_labels(
+    built: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """Every kept dialogue's user voice fits its persona (gender, age group equal or adjacent) and each
+    user turn carries the speaker's catalog labels and the measured F0 and speaking rate."""
+    from pipeline.catalogs import load_catalogs
+    from pipeline.recipe import Recipe
+    from pipeline.records import AGE_GROUPS
+
+    out, _ = built
+    catalogs = load_catalogs(Recipe.model_validate(json.loads((out / "manifest.json").read_text())["recipe"]))
+    rows = [row for f in sorted((out / "data").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+    for row in rows:
+        persona, voice = row["scenario"]["persona"], catalogs.speaker(row["scenario"]["speaker_id"])
+        assert persona["gender"] in ("nonbinary", voice.gender)
+        assert abs(AGE_GROUPS.index(persona["age_group"]) - AGE_GROUPS.index(voice.age_group)) <= 1
+        for turn in row["turns"]:
+            if turn["role"] == "user":
+                assert (turn["gender"], turn["age_group"], turn["accent"]) == (
+                    voice.gender,
+                    voice.age_group,
+                    voice.accent,
+                )
+                assert 60 < turn["f0_median_hz"] < 400 and 1.0 < turn["speaking_rate_wps"] < 6.0, turn["turn_id"]
+
+
 def test_output_loads_with_datasets_and_decodes_audio(built: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     datasets = pytest.importorskip("datasets")
     out, _ = built
@@ -172,7 +198,8 @@ def test_text_only_build_runs_every_text_gate_and_keeps_no_near_duplicates(tmp_p
     assert all(t["audio"] is None and t["text"] for r in rows for t in r["turns"])
     text_reasons = {"text_emotion_mismatch", "text_unresponsive", "text_too_short", "text_too_long",
                     "text_role_leak", "text_not_plain_english", "text_wrong_language", "text_degenerate",
-                    "text_repeats_previous", "near_duplicate", "llm_request_failed"}  # fmt: skip
+                    "text_repeats_previous", "near_duplicate", "llm_request_failed", "text_wrong_role",
+                    "text_off_situation"}  # fmt: skip
     assert {r["reason"] for r in rejects} <= text_reasons
     sets = {r["id"]: shingles(t["text"] for t in r["turns"]) for r in rows}
     assert all(jaccard(sets[a], sets[b]) < threshold for a, b in combinations(sets, 2))

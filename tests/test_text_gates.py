@@ -14,7 +14,7 @@ from pipeline.catalogs import load_catalogs
 from pipeline.recipe import load_recipe
 from pipeline.records import EMOTIONS, Dialogue, Scenario, Turn
 from pipeline.stages.s1_scenarios import balance_report, stratified_cell
-from pipeline.stages.s2_text_gates import InvalidOutput, TextGates, check_repetition
+from pipeline.stages.s2_text_gates import InvalidOutput, TextGates, check_repetition, check_role
 from pipeline.stages.s6_dedup import NearDuplicateFilter, jaccard, shingles
 
 
@@ -90,6 +90,35 @@ def test_text_gates_reject_with_the_right_reason(gates: TextGates, text: str, ea
     with pytest.raises(InvalidOutput) as err:
         gates.check(text, "assistant", None, earlier)
     assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm so sorry to hear about your self-worth, that sounds awful.",
+        "That must be so hard for you, losing the job like that.",
+        "How are you feeling about the move now?",
+        "It sounds like you had a really rough day at work.",
+    ],
+)
+def test_role_check_rejects_a_user_turn_that_speaks_as_the_listener(text: str) -> None:
+    with pytest.raises(InvalidOutput) as err:
+        check_role(text)
+    assert err.value.reason == "text_wrong_role"
+
+
+def test_role_check_lets_the_user_tell_their_own_story() -> None:
+    for text in [*HELD_OUT.values(), "I am so sorry I missed my sister's wedding, I feel terrible about it."]:
+        check_role(text)
+
+
+def test_situation_check(gates: TextGates) -> None:
+    situation = "My bike was stolen from outside the library in broad daylight."
+    gates.check("Someone took my bike right outside the library today and I am so mad.", "user", None, [], situation)
+    with pytest.raises(InvalidOutput) as err:
+        gates.check("The quarterly tax forms are due at the end of the fiscal year.", "user", None, [], situation)
+    assert err.value.reason == "text_off_situation"
+    gates.check("The quarterly tax forms are due at the end of the fiscal year.", "assistant", None, [], situation)
 
 
 def test_repetition_allows_normal_text() -> None:

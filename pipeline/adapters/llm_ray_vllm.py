@@ -101,7 +101,7 @@ class DialogueResults:
         else:
             try:
                 raw = row.get("generated_text") or ""
-                written = parse_dialogue(raw, sc.num_exchanges, sc.emotion, _gates(self.ctx))
+                written = parse_dialogue(raw, sc.num_exchanges, sc.emotion, _gates(self.ctx), sc.situation)
                 add_turns(dialogue, written, self.ctx.catalogs.emotions[sc.emotion].assistant_style)
             except InvalidOutput as err:
                 dialogue.reject = Reject(stage=STAGE, reason=err.reason, detail=str(err)[:300])

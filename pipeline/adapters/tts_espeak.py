@@ -18,6 +18,7 @@ from pipeline.adapters.base import Audio
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
 _SSML = 0x10
+_PHONEMES_IPA = 0x02
 _PARAM = {"rate": 1, "volume": 2, "pitch": 3, "range": 4}
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -96,6 +97,28 @@ class EspeakEngine:
         """True if eSpeak accepts this voice name (with optional +variant)."""
         with self._lock:
             return self._lib.espeak_SetVoiceByName(name.encode()) == 0
+
+    def phonemes(self, text: str, voice_name: str = "en-us") -> list[tuple[str, str]]:
+        """IPA phonemes of `text` clause by clause, each with the punctuation that ended it ("" if none),
+        through `espeak_TextToPhonemes` in IPA mode (what Piper voices were trained on)."""
+        lib = self._lib
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        raw = text.encode("utf-8")
+        buffer = ctypes.create_string_buffer(raw + b"\0")
+        start = ctypes.addressof(buffer)
+        pointer = ctypes.c_void_p(start)
+        clauses: list[tuple[str, str]] = []
+        with self._lock:
+            if lib.espeak_SetVoiceByName(voice_name.encode()) != 0:
+                raise ValueError(f"eSpeak has no voice {voice_name!r}")
+            while pointer.value is not None:
+                ipa = lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, _PHONEMES_IPA)
+                # the pointer stops one character into the next clause: the clause ended just before it
+                end = len(raw) if pointer.value is None else pointer.value - start - 1
+                last = raw[:end].rstrip()[-1:].decode("ascii", "replace")
+                clauses.append(((ipa or b"").decode("utf-8"), last if last in ".,?!:;" else ""))
+        return clauses
 
     def synthesize(self, text: str, voice: Voice, prosody: Prosody | None = None) -> Audio:
         """Render `text` in `voice` with `prosody`; returns mono float32 audio."""

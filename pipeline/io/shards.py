@@ -67,6 +67,11 @@ _TURN = {
     "emotion_score": "float32",
     "speech_units": ("list", "int32"),
     "strategy": "string",
+    "gender": "string",
+    "age_group": "string",
+    "accent": "string",
+    "f0_median_hz": "float32",
+    "speaking_rate_wps": "float32",
 }
 ROW = {
     "id": "string",

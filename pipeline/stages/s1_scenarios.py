@@ -74,8 +74,12 @@ class ScenarioSampler:
     """Builds dialogue `index` from the catalogs; the same seed and index give the same scenario.
 
     Emotion and topic come from a stratified design over the emotion x topic grid
-    (`stratified_cell`); intensities and speakers are shuffled cycles so that every value appears
-    equally often; situations, personas and the assistant voice are drawn at random.
+    (`stratified_cell`); a cell whose topic has no situation tagged with the emotion takes, instead,
+    the next of a seeded cycle over the topics that have one (so emotions stay exactly balanced and
+    every plausible cell is visited once per round), and the situation is drawn among those that fit
+    the emotion; intensities are a shuffled cycle so that every value appears equally often;
+    situations, personas and the assistant voice are drawn at random, and the user's voice is a
+    shuffled cycle over the voices that fit the persona's gender and age group (`Catalogs.voices_for`).
     """
 
     name = "scenarios"
@@ -88,15 +92,23 @@ class ScenarioSampler:
         recipe, cat = self.ctx.recipe, self.ctx.catalogs
         seed, cfg = recipe.seed, recipe.scenarios
         rng = np.random.default_rng([seed, index])
-        emotion, topic_no = stratified_cell(index, len(cfg.emotions), len(cat.topics), seed)
+        emotion_no, topic_no = stratified_cell(index, len(cfg.emotions), len(cat.topics), seed)
+        emotion = str(cfg.emotions[emotion_no])
         topic = cat.topics[topic_no]
+        if not topic.situations_for(emotion):  # an implausible cell: another topic that fits the emotion
+            fitting = [t for t in cat.topics if t.situations_for(emotion)]
+            topic = _cycled(fitting, seed, 6 + emotion_no, index // len(cfg.emotions))
+        situations = topic.situations_for(emotion)
+        situation = situations[int(rng.integers(len(situations)))]
+        persona = cat.personas[int(rng.integers(len(cat.personas)))]
+        voices = cat.voices_for(persona)  # never empty: load_catalogs keeps only personas some voice fits
         return Scenario(
             topic=topic.name,
-            situation=topic.situations[int(rng.integers(len(topic.situations)))],
-            persona=cat.personas[int(rng.integers(len(cat.personas)))],
-            emotion=str(cfg.emotions[emotion]),
+            situation=situation.text,
+            persona=persona,
+            emotion=emotion,
             intensity=str(_cycled(cfg.intensities, seed, 2, index // len(cfg.emotions))),
-            speaker_id=_cycled(cat.speakers, seed, 3, index).id,
+            speaker_id=_cycled(voices, seed, 3, index).id,
             assistant_speaker_id=cat.assistants[int(rng.integers(len(cat.assistants)))].id,
             num_exchanges=int(rng.integers(cfg.min_exchanges, cfg.max_exchanges + 1)),
         )

@@ -129,10 +129,10 @@ class DialogueWriter(Stage):
         assert last is not None
         raise last
 
-    def _turn_parser(self, role: str, emotion: str, earlier: list[str]) -> Any:
+    def _turn_parser(self, role: str, emotion: str, earlier: list[str], situation: str) -> Any:
         def parse(raw: str) -> str:
             text = clean_turn(raw)
-            self.gates.check(text, role, emotion, earlier)
+            self.gates.check(text, role, emotion, earlier, situation)
             return text
 
         return parse
@@ -153,11 +153,11 @@ class DialogueWriter(Stage):
             else:
                 ask = user_p["followup_prompt"].format(last_assistant=texts[-1], **fields)
             messages = _few_shot(user_p["system"], user_p["examples"], ask)
-            parse = self._turn_parser("user", sc.emotion, list(texts))
+            parse = self._turn_parser("user", sc.emotion, list(texts), sc.situation)
             texts.append(self._attempts(dialogue, f"u{exchange}", messages, self.cfg.max_tokens, None, parse))
             ask = asst_p["prompt"].format(last_user=texts[-1], emotion=sc.emotion)
             messages = _few_shot(asst_p["system"], asst_p["examples"], ask)
-            parse = self._turn_parser("assistant", sc.emotion, list(texts))
+            parse = self._turn_parser("assistant", sc.emotion, list(texts), sc.situation)
             texts.append(self._attempts(dialogue, f"a{exchange}", messages, self.cfg.max_tokens, None, parse))
         return [WrittenTurn(text) for text in texts]
 
@@ -167,7 +167,7 @@ class DialogueWriter(Stage):
         budget = dialogue_max_tokens(self.cfg, sc.num_exchanges)
 
         def parse(raw: str) -> list[WrittenTurn]:
-            return parse_dialogue(raw, sc.num_exchanges, sc.emotion, self.gates)
+            return parse_dialogue(raw, sc.num_exchanges, sc.emotion, self.gates, sc.situation)
 
         return self._attempts(dialogue, "dialogue", messages, budget, DialogueOut.model_json_schema(), parse)
 
@@ -195,7 +195,9 @@ def dialogue_max_tokens(cfg: LLMConfig, num_exchanges: int) -> int:
     return cfg.max_tokens * 2 * num_exchanges + 40
 
 
-def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates) -> list[WrittenTurn]:
+def parse_dialogue(
+    raw: str, num_exchanges: int, emotion: str, gates: TextGates, situation: str = ""
+) -> list[WrittenTurn]:
     """Validate a JSON dialogue against the schema, the turn order, the labels and the text gates."""
     if not raw.strip():
         raise InvalidOutput("llm_empty", "the server returned no text")
@@ -216,7 +218,7 @@ def parse_dialogue(raw: str, num_exchanges: int, emotion: str, gates: TextGates)
             raise InvalidOutput("llm_wrong_emotion", f"a user turn is labelled {turn.emotion}, the target is {emotion}")
     texts = [" ".join(t.text.split()) for t in parsed.turns]
     for number, (text, role) in enumerate(zip(texts, roles, strict=True)):
-        gates.check(text, role, emotion, texts[:number])
+        gates.check(text, role, emotion, texts[:number], situation)
     strategies = [t.strategy if t.role == "assistant" else "" for t in parsed.turns]
     return [WrittenTurn(text, strategy) for text, strategy in zip(texts, strategies, strict=True)]
 

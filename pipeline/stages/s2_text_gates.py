@@ -10,6 +10,10 @@ is spent, then rejects the dialogue with that reason. The gates, in order:
 - `text_degenerate`: a word repeated 4 times running, or too many repeated word 3-grams;
 - `text_repeats_previous`: most of the turn's word 3-grams already occur in an earlier turn;
 - `text_wrong_language`: py3langid's probability of `text_gates.language` is below `min_language_prob`;
+- `text_wrong_role` (user turns): the turn speaks as the listener ("I'm so sorry to hear ...",
+  "that must be hard", "how are you feeling");
+- `text_off_situation` (user turns): MiniLM cosine similarity to the scenario's situation is below
+  `min_situation_similarity`;
 - `text_emotion_mismatch` (user turns): the MiniLM embedding of the turn is further from its target
   emotion's reference sentences (prompts/text_gates.yaml) than `emotion_margin` below the closest other;
 - `text_unresponsive` (assistant turns): cosine similarity to the user turn it answers is below
@@ -26,6 +30,16 @@ import numpy as np
 from pipeline.recipe import LLMConfig, TextGatesConfig
 
 _LEAKS = re.compile(r"\b(as an ai|language model|assistant:|user:|listener:|i am an ai|chatbot)\b", re.I)
+# what a listener says to the person who tells the story, never what that person says
+_LISTENER = re.compile(
+    r"\b(?:sorry (?:to hear|for your|about your|that you|you(?:'re| are| have| had| went))"
+    r"|(?:that|it) (?:must|sounds?|seems) (?:be |have been |like )?(?:so |really |very )?"
+    r"(?:hard|tough|difficult|scary|frustrating|painful|exciting|upsetting|awful|terrible|wonderful) for you"
+    r"|(?:that|it) must (?:be|have been|feel) (?:so |really |very )?\w+"
+    r"|how (?:are|do) you feel(?:ing)?|what happened to you|i(?:'m| am) here for you|you(?:'re| are) not alone"
+    r"|thank you for (?:sharing|telling me)|it sounds like you|you must (?:feel|be))\b",
+    re.I,
+)
 _WORD = re.compile(r"[a-z0-9']+")
 _STUTTER = re.compile(r"\b(\w+)(?:\W+\1\b){3,}", re.I)
 
@@ -80,6 +94,13 @@ def check_repetition(text: str, earlier: list[str], max_repeated: float, max_ove
             raise InvalidOutput("text_repeats_previous", f"{overlap:.2f} of the word 3-grams copy an earlier turn")
 
 
+def check_role(text: str) -> None:
+    """Raise InvalidOutput if a user turn speaks as the listener rather than the person it happened to."""
+    found = _LISTENER.search(text)
+    if found:
+        raise InvalidOutput("text_wrong_role", f"speaks as the listener ({found.group(0)!r}): {text[:120]!r}")
+
+
 class TextGates:
     """All text gates of one recipe; the language and embedding models load on first use."""
 
@@ -96,7 +117,7 @@ class TextGates:
             self._language_prob("warm-up")
         if self.cfg.emotion_check:
             self.emotion_scores("warm-up")
-        elif self.cfg.response_check:
+        elif self.cfg.response_check or self.cfg.situation_check:
             self.embed(["warm-up"])
 
     def _language_prob(self, text: str) -> float:
@@ -133,8 +154,14 @@ class TextGates:
         target = self.emotions.index(emotion)
         return float(scores[target] - np.delete(scores, target).max())
 
-    def check(self, text: str, role: str, emotion: str | None, earlier: list[str]) -> None:
-        """Raise InvalidOutput with the first failing gate's reason; `earlier` are the dialogue's previous turns."""
+    def situation_similarity(self, text: str, situation: str) -> float:
+        """MiniLM cosine similarity of a turn to the situation it should be about."""
+        a, b = self.embed([text, situation])
+        return float(a @ b)
+
+    def check(self, text: str, role: str, emotion: str | None, earlier: list[str], situation: str = "") -> None:
+        """Raise InvalidOutput with the first failing gate's reason; `earlier` are the dialogue's previous
+        turns and `situation` the scenario's situation (the situation check is skipped without one)."""
         cfg = self.cfg
         check_form(text, self.min_words, self.max_words)
         check_repetition(text, earlier, cfg.max_repeated_ngrams, cfg.max_turn_overlap)
@@ -142,6 +169,14 @@ class TextGates:
             prob = self._language_prob(text)
             if prob < cfg.min_language_prob:
                 raise InvalidOutput("text_wrong_language", f"p({cfg.language})={prob:.2f}: {text[:120]!r}")
+        if role == "user" and cfg.role_check:
+            check_role(text)
+        if role == "user" and cfg.situation_check and situation:
+            similarity = self.situation_similarity(text, situation)
+            if similarity < cfg.min_situation_similarity:
+                raise InvalidOutput(
+                    "text_off_situation", f"similarity {similarity:.3f} to {situation[:60]!r}: {text[:100]!r}"
+                )
         if role == "user" and cfg.emotion_check and emotion is not None:
             margin = self.emotion_margin(text, emotion)
             if margin < cfg.emotion_margin:

@@ -140,7 +140,8 @@ class AudioGates(Stage):
             self.emotion = EmotionCheck(self.ctx.catalogs)
 
     def gate(self, turn: Turn) -> Reject | None:
-        """Measure one turn (fills asr_text, wer, emotion_measured/score); a Reject if it fails."""
+        """Measure one turn (fills f0_median_hz, speaking_rate_wps, asr_text, wer, emotion_measured/score);
+        a Reject if it fails."""
         cfg = self.ctx.recipe.gates
         audio = from_bytes(turn.audio)
         stats = level_stats(audio)
@@ -148,6 +149,9 @@ class AudioGates(Stage):
         failure = signal_failure(stats, turn.duration_s, cfg)
         if failure is not None:
             return Reject(self.name, failure[0], failure[1], turn.turn_id, measured)
+        f0 = measure(audio).f0_median_hz  # paralinguistic labels of the clean clip
+        turn.f0_median_hz = None if np.isnan(f0) else round(f0, 1)
+        turn.speaking_rate_wps = round(len(turn.text.split()) / turn.duration_s, 3) if turn.duration_s else None
         turn.asr_text = self.asr.transcribe(audio).text
         turn.wer = round(word_error_rate(turn.text, turn.asr_text), 4)
         measured.update(wer=turn.wer, asr_text=turn.asr_text)

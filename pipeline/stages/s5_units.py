@@ -28,7 +28,7 @@ def fit_dataset_codebook(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> C
     path = out_dir / CODEBOOK_PATH
     if path.exists():
         return Codebook.load(path)
-    pool = [s for topic in catalogs.topics for s in topic.situations]
+    pool = [s.text for topic in catalogs.topics for s in topic.situations]
     pool += [e["reply"] for e in catalogs.prompts.get("assistant", {}).get("examples", [])]
     rng = np.random.default_rng([recipe.seed, 5])
     picks = rng.choice(len(pool), size=min(recipe.units.calibration_sentences, len(pool)), replace=False)

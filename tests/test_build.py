@@ -185,7 +185,7 @@ def test_text_only_build_runs_every_text_gate_and_keeps_no_near_duplicates(tmp_p
     recipe = write_recipe(
         tmp_path, name="text", num_dialogues=8, shard_size=4, text_only=True,
         scenarios={"min_exchanges": 1, "max_exchanges": 2},
-        text_gates={"emotion_check": True, "response_check": True, "emotion_margin": -0.2,
+        text_gates={"emotion_check": True, "response_check": True, "situation_check": True, "emotion_margin": -0.2,
                     "near_duplicate_jaccard": threshold},
     )  # fmt: skip
     out = tmp_path / "out"

@@ -218,40 +218,72 @@ def recipe_schema() -> None:
 @app.command()
 def train(
     data_dir: Annotated[Path, typer.Argument(help="A build's output folder (its data/*.parquet shards).")],
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (re-running on it resumes).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder (re-running on it resumes).")] = None,
     config: Annotated[str, typer.Option("--config", help="tiny (random init) or opens2s (local weights).")] = "tiny",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps in total (a resume continues to this).")] = 100,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Dialogues per step.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Dialogues per step and process.")] = 2,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-3,
     trainable: Annotated[str, typer.Option("--trainable", help="adapters or adapters-llm-tts.")] = "adapters-llm-tts",
     spk_emb: Annotated[str, typer.Option("--spk-emb", help="Speaker vector: code, zeros or none.")] = "code",
     save_every: Annotated[int, typer.Option("--save-every", help="Also checkpoint every N steps (0: at the end).")] = 0,
     log_every: Annotated[int, typer.Option("--log-every", help="Log the mean losses every N steps.")] = 10,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torchrun: LOCAL_RANK GPU).")] = "cpu",
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 compute (see README).")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute decoder layers.")] = False,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Scenarios held out for eval.")] = 0.0,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Eval losses every N steps (0: never).")] = 0,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="An OpenS2S checkpoint folder.")] = None,
+    save_opens2s: Annotated[Path | None, typer.Option("--save-opens2s", help="Also write OpenS2S layout.")] = None,
     audio_model: Annotated[str | None, typer.Option("--audio-model", help="opens2s: Qwen2-Audio folder.")] = None,
     llm_model: Annotated[str | None, typer.Option("--llm-model", help="opens2s: Qwen3 LLM folder.")] = None,
     tts_model: Annotated[str | None, typer.Option("--tts-model", help="opens2s: TTS LM folder.")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the per-GPU memory plan and exit.")] = False,
+    gpus: Annotated[int, typer.Option("--gpus", help="--plan: GPUs in total.")] = 1,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="--plan: LLM tokens per dialogue.")] = 2048,
+    gpu_memory_gb: Annotated[float, typer.Option("--gpu-memory-gb", help="--plan: GiB per GPU.")] = 80.0,
 ) -> None:
-    """Train the bundled speech-to-speech model on DATA_DIR's shards; logs text and unit loss separately."""
+    """Train the bundled speech-to-speech model on DATA_DIR's shards (one process, or many under torchrun)."""
+    import os
+
+    paths = {"audio": audio_model, "llm": llm_model, "tts": tts_model}
+    if plan:
+        from pipeline.train.plan import PlanError, check_plan, plan_for_cli
+
+        try:
+            estimate = plan_for_cli(config, init_from, paths, trainable, gpus, batch_size, seq_len,
+                                    grad_checkpointing, gpu_memory_gb)  # fmt: skip
+            Console().print(estimate.render(), highlight=False)
+            check_plan(estimate)
+        except PlanError as err:
+            fail(str(err), EXIT_BAD_INPUT)
+        return
+    if out is None:
+        fail("--out is required (the checkpoint folder); or pass --plan", EXIT_BAD_INPUT)
     from pipeline.train.trainer import TrainError, TrainOptions
     from pipeline.train.trainer import train as run_train
 
-    options = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, trainable=trainable, spk_emb=spk_emb,
-                           save_every=save_every, log_every=max(log_every, 1), device=device)  # fmt: skip
+    options = TrainOptions(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, trainable=trainable,
+                           spk_emb=spk_emb, save_every=save_every, log_every=max(log_every, 1), device=device,
+                           bf16=bf16, grad_checkpointing=grad_checkpointing, eval_fraction=eval_fraction,
+                           eval_every=eval_every)  # fmt: skip
 
     def on_log(r: dict[str, float]) -> None:
+        evaluated = f"  eval {r['eval_text_loss']:.4f} / {r['eval_unit_loss']:.4f}" if "eval_text_loss" in r else ""
         console.print(f"step {r['step']:>6}  text_loss {r['text_loss']:.4f}  unit_loss {r['unit_loss']:.4f}  "
-                      f"{r['samples_per_s']:.1f} samples/s", highlight=False)  # fmt: skip
+                      f"{r['samples_per_s']:.1f} samples/s{evaluated}", highlight=False)  # fmt: skip
 
-    paths = {"audio": audio_model, "llm": llm_model, "tts": tts_model}
     try:
-        result = run_train(data_dir, out, config, options, model_paths=paths, on_log=on_log)
+        result = run_train(data_dir, out, config, options, model_paths=paths, on_log=on_log, init_from=init_from,
+                           save_opens2s=save_opens2s)  # fmt: skip
     except TrainError as err:
         fail(str(err), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         fail(f"interrupted; re-run the same command to resume from the last checkpoint in {out}", EXIT_INTERRUPTED)
-    how = f"resumed at step {result.start_step}, " if result.resumed else ""
-    Console().print(f"wrote {result.checkpoint} ({how}step {result.step}, {result.samples_per_s:.1f} samples/s)")
+    if os.environ.get("RANK", "0") == "0":
+        how = f"resumed at step {result.start_step}, " if result.resumed else ""
+        Console().print(f"wrote {result.checkpoint} ({how}step {result.step}, {result.samples_per_s:.1f} samples/s, "
+                        f"{result.world} process(es))")  # fmt: skip
 
 
 @app.command()

@@ -234,18 +234,17 @@ def _transient_ids(out: Path) -> set[str]:
     }
 
 
+def _recipe(folder: Path, proxy: FaultProxy, name: str, **overrides: Any) -> Path:
+    """A recipe whose LLM is behind `proxy`, waiting out an outage for 1 s only."""
+    llm = {"backend": "openai", "base_url": proxy.url, "request_retries": overrides.pop("request_retries", 1)}
+    reliability = {"outage_budget_s": 1.0, "probe_max_interval_s": 0.5}
+    return write_recipe(folder, name=name, llm=llm, reliability=reliability, **overrides)
+
+
 @pytest.mark.slow
 def test_outage_is_retried_on_resume_and_nothing_else(tmp_path: Path, llm_url: str) -> None:
     with FaultProxy(llm_url, rate=0.0) as proxy:
-        recipe = write_recipe(
-            tmp_path,
-            name="outage",
-            num_dialogues=4,
-            shard_size=2,
-            text_only=True,
-            llm={"backend": "openai", "base_url": proxy.url, "request_retries": 1},
-            reliability={"outage_budget_s": 1.0, "probe_max_interval_s": 0.5},
-        )
+        recipe = _recipe(tmp_path, proxy, "outage", num_dialogues=4, shard_size=2, text_only=True)
         reference, out = tmp_path / "reference", tmp_path / "out"
         result = run_cli("build", str(recipe), "--out", str(reference))
         assert result.returncode == 0, result.stderr[-2000:]
@@ -289,3 +288,34 @@ def test_outage_is_retried_on_resume_and_nothing_else(tmp_path: Path, llm_url: s
     assert set(after) == set(expected)
     for dialogue in untouched:
         assert after[dialogue] == expected[dialogue], dialogue
+
+
+@pytest.mark.slow
+def test_gate_rejection_is_never_retried(tmp_path: Path, llm_url: str) -> None:
+    with FaultProxy(llm_url, rate=0.0) as proxy:
+        # One shard (the retry merges into the shard that holds the gate rejection); every clip fails a
+        # signal gate (deterministic, unlike a WER gate, which a perfect transcript passes).
+        gates = {"min_duration_s": 100.0, "emotion_check": False}
+        recipe = _recipe(tmp_path, proxy, "gated", num_dialogues=2, shard_size=2, gates=gates, request_retries=0)
+        out = tmp_path / "out"
+        proxy.refuse = lambda body: _seed_of(body) in _seeds(3, 1)  # only dialogue 1's requests fail
+        first = run_cli("build", str(recipe), "--out", str(out))
+        assert first.returncode == 1, first.stderr[-2000:]
+        before = _outcomes(out)
+        gated, failed = before[dialogue_id(3, 0)][0], before[dialogue_id(3, 1)][0]
+        assert (gated["stage"], gated["reason"], gated["kind"]) == ("gates", "too_short", PERMANENT)
+        assert (failed["reason"], failed["kind"]) == ("llm_endpoint_down", TRANSIENT)
+
+        sent = len(proxy.bodies)
+        skipped = run_cli("build", str(recipe), "--out", str(out), "--no-retry-transient")
+        assert skipped.returncode == 0 and "not retried (--no-retry-transient)" in skipped.stderr
+        assert len(proxy.bodies) == sent and _outcomes(out) == before
+
+        proxy.refuse = None
+        second = run_cli("build", str(recipe), "--out", str(out))
+        assert second.returncode == 0, second.stderr[-2000:]
+        seeds = {_seed_of(body) for body in proxy.bodies[sent:]}
+    assert seeds and seeds <= _seeds(3, 1)  # dialogue 0's gate rejection was not asked for again
+    after = _outcomes(out)
+    assert after[dialogue_id(3, 0)] == before[dialogue_id(3, 0)]
+    assert after[dialogue_id(3, 1)][0]["kind"] == PERMANENT and not _transient_ids(out)

@@ -19,7 +19,7 @@ from pipeline.train.data import Collator, ParquetDialogues, dataset_units
 from pipeline.train.generate import Chunk, generate
 from pipeline.train.model import build_model
 from pipeline.train.tokenizer import ByteTokenizer
-from pipeline.train.tokens import AUDIO, IGNORE_INDEX, TTS_END, TTS_START
+from pipeline.train.tokens import AUDIO_TOKEN_INDEX, IGNORE_INDEX, TTS_END, TTS_START
 from pipeline.train.trainer import TrainOptions, load_checkpoint, train
 
 torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def test_examples_follow_the_opens2s_layout(built) -> None:
         spoken = [tok.encode(f"{TTS_START}{t['text']}{TTS_END}") for t in replies]
         assert [ex.input_ids[i] for i in spans] == [i for s in spoken for i in s]
         assert all(ex.labels[i] == ex.input_ids[i] for i in spans)
-        audio_slots = [i for i, t in enumerate(ex.input_ids) if t == tok.token_id(AUDIO)]
+        audio_slots = [i for i, t in enumerate(ex.input_ids) if t == AUDIO_TOKEN_INDEX]
         assert all(ex.labels[i] == IGNORE_INDEX for i in range(max(audio_slots) + 1))
         assert len(audio_slots) == sum(config.audio_tokens(len(clip)) for clip in ex.audio)
         assert ex.units == [list(t["speech_units"]) + [config.unit_eos] for t in replies]
@@ -94,9 +94,9 @@ def test_tiny_model_learns_from_real_shards_and_reloads_exactly(built, trained) 
 
     loaded = load_checkpoint(ckpt)
     assert loaded.step == STEPS
-    batch, audio_id = _batch(out_dir), ByteTokenizer().token_id(AUDIO)
+    batch = _batch(out_dir)
     with torch.no_grad():
-        before, after = result.model(batch, audio_id), loaded.model(batch, audio_id)
+        before, after = result.model(batch), loaded.model(batch)
     assert torch.equal(before.text, after.text) and torch.equal(before.units, after.units)
     clip, voice = _user_clip(out_dir)
     a = generate(result.model, ByteTokenizer(), clip, voice=voice, max_text_tokens=12, max_units=30)
@@ -150,7 +150,8 @@ def test_streaming_generation_interleaves_in_the_configured_ratio(built, trained
     _check_interleave(out.chunks, config.text_span, config.speech_span, config.n_units)
     assert (config.text_span, config.speech_span) == (1, 2)
     assert len(out.chunks[1].ids) == 2  # speech starts after the first text token
-    other = build_model(tiny_config(dataset_units(out_dir), text_span=3, speech_span=5), seed=1)
+    # an untrained model; with some seeds its TTS LM emits EOS first (no units at all), seed 3 does not
+    other = build_model(tiny_config(dataset_units(out_dir), text_span=3, speech_span=5), seed=3)
     out = generate(other, ByteTokenizer(), clip, voice=voice, max_text_tokens=14, max_units=40)
     _check_interleave(out.chunks, 3, 5, config.n_units)
     assert [len(c.ids) for c in out.chunks[:4]] == [3, 5, 3, 5]
@@ -162,7 +163,7 @@ def test_cli_trains_and_rejects_bad_input(built, tmp_path: Path) -> None:
         "train", str(out_dir), "--config", "tiny", "--steps", "2", "--log-every", "1", "--out", str(tmp_path / "ck")
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "text_loss" in ok.stderr and "unit_loss" in ok.stderr and (tmp_path / "ck" / "checkpoint.pt").is_file()
+    assert "text_loss" in ok.stderr and "unit_loss" in ok.stderr and (tmp_path / "ck" / "meta.json").is_file()
     for args, message in [
         (["--config", "huge"], "--config 'huge': choose one of tiny, opens2s"),
         (["--config", "opens2s"], "--audio-model is required with --config opens2s"),

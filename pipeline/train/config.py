@@ -155,7 +155,7 @@ def opens2s_config(audio_model: str | None, llm_model: str | None, tts_model: st
     Reads only the folders' config and tokenizer files (weights load in `model.load_pretrained_parts`).
     """
     paths = check_opens2s_paths(audio_model, llm_model, tts_model)
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     audio_cfg = json.loads((paths["audio"] / "config.json").read_text())
     encoder = audio_cfg.get("audio_config", audio_cfg)
@@ -163,24 +163,19 @@ def opens2s_config(audio_model: str | None, llm_model: str | None, tts_model: st
     encoder["model_type"] = "qwen2_audio_encoder"
     llm = AutoConfig.from_pretrained(str(paths["llm"]), local_files_only=True).to_dict()
     tts = AutoConfig.from_pretrained(str(paths["tts"]), local_files_only=True).to_dict()
-    tts_tok = AutoTokenizer.from_pretrained(str(paths["tts"]), local_files_only=True)
-    first, eos = tts_tok.convert_tokens_to_ids("<|audio_0|>"), tts_tok.eos_token_id
-    if first is None or first == tts_tok.unk_token_id or eos is None:
-        raise ConfigError(f"--tts-model: the tokenizer in {paths['tts']} has no <|audio_0|> token or no EOS token")
-    n_units = sum(1 for tok in tts_tok.get_vocab() if tok.startswith("<|audio_") and tok.endswith("|>"))
+    n_units, first, eos, pad = unit_vocab(paths["tts"], "--tts-model")
     from pipeline.train.tokenizer import HFTokenizer
 
     llm["vocab_size"] = max(int(llm["vocab_size"]), HFTokenizer(paths["llm"]).vocab_size)
-    pad = tts_tok.pad_token_id if tts_tok.pad_token_id is not None else eos
     return ModelConfig(
         name="opens2s",
         encoder=encoder,
         llm=llm,
         tts=tts,
         n_units=n_units,
-        unit_offset=int(first),
-        unit_eos=int(eos),
-        unit_pad=int(pad),
+        unit_offset=first,
+        unit_eos=eos,
+        unit_pad=pad,
         adapter_inner_dim=512,
         text_span=4,
         speech_span=8,
@@ -188,3 +183,23 @@ def opens2s_config(audio_model: str | None, llm_model: str | None, tts_model: st
         tokenizer="hf",
         paths={k: str(v) for k, v in paths.items()},
     )
+
+
+def unit_vocab(folder: Path, option: str) -> tuple[int, int, int, int]:
+    """(units, id of <|audio_0|>, EOS id, pad id) of the TTS LM tokenizer in `folder`.
+
+    The pad id is the folder's generation_config.json `pad_token_id` when there is one (what upstream's
+    collator pads units with), else the tokenizer's pad token, else EOS.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    first, eos = tok.convert_tokens_to_ids("<|audio_0|>"), tok.eos_token_id
+    if first is None or first == tok.unk_token_id or eos is None:
+        raise ConfigError(f"{option}: the tokenizer in {folder} has no <|audio_0|> token or no EOS token")
+    n_units = sum(1 for t in tok.get_vocab() if t.startswith("<|audio_") and t.endswith("|>"))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    generation = folder / "generation_config.json"
+    if generation.is_file():
+        pad = json.loads(generation.read_text()).get("pad_token_id", pad)
+    return n_units, int(first), int(eos), int(pad)

@@ -31,9 +31,9 @@ from pipeline.train.config import HOP, SAMPLE_RATE, ModelConfig
 from pipeline.train.speaker import speaker_vector
 from pipeline.train.tokenizer import TextTokenizer
 from pipeline.train.tokens import (
-    AUDIO,
     AUDIO_END,
     AUDIO_START,
+    AUDIO_TOKEN_INDEX,
     IGNORE_INDEX,
     IM_END,
     IM_START,
@@ -68,8 +68,8 @@ def prompt_prefix(tok: TextTokenizer, config: ModelConfig) -> list[int]:
 
 
 def user_audio_ids(tok: TextTokenizer, config: ModelConfig, num_samples: int) -> list[int]:
-    """User turn ids: the audio placeholder span sized for a clip of `num_samples`."""
-    span = [tok.token_id(AUDIO)] * config.audio_tokens(num_samples)
+    """User turn ids: the audio placeholder span (`AUDIO_TOKEN_INDEX`, as upstream) sized for `num_samples`."""
+    span = [AUDIO_TOKEN_INDEX] * config.audio_tokens(num_samples)
     return tok.encode(f"{IM_START}user\n{AUDIO_START}") + span + tok.encode(f"{AUDIO_END}{IM_END}\n")
 
 
@@ -129,11 +129,78 @@ def build_example(row: dict[str, Any], tok: TextTokenizer, config: ModelConfig, 
     return ex
 
 
+SCENARIO_KEY = ("topic", "situation", "persona", "emotion", "intensity")
+
+
+def scenario_key(scenario: dict[str, Any] | None) -> str:
+    """What identifies a scenario across its renderings: topic, situation, persona, emotion, intensity.
+
+    The voices (`speaker_id`, `assistant_speaker_id`) are left out on purpose: OpenS2S-style data repeats
+    one query across many voices, and those copies must fall on the same side of a train/eval split.
+    """
+    import json
+
+    fields = {k: (scenario or {}).get(k) for k in SCENARIO_KEY}
+    return json.dumps(fields, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which side of a by-scenario split to read: `part` "train" or "eval"; `eval_keys` the held-out scenarios."""
+
+    part: str
+    eval_keys: frozenset[str]
+
+    def keeps(self, scenario: dict[str, Any] | None) -> bool:
+        """Whether a row with this scenario belongs to this part."""
+        return (scenario_key(scenario) in self.eval_keys) == (self.part == "eval")
+
+
+def eval_scenarios(data_dir: Path, fraction: float, seed: int = 0) -> frozenset[str]:
+    """Hold out `fraction` of the distinct scenarios (at least one), chosen by a seeded hash of their key.
+
+    Reads only the `scenario` column. DataError when a split is asked for but there are fewer than two scenarios.
+    """
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    if fraction <= 0:
+        return frozenset()
+    keys: set[str] = set()
+    for path in shard_files(data_dir):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["scenario"]):
+            keys.update(scenario_key(s) for s in batch.column(0).to_pylist())
+    if len(keys) < 2:
+        raise DataError(
+            f"{data_dir} holds {len(keys)} distinct scenario(s); a held-out split needs at least 2 "
+            "(build more dialogues or pass --eval-fraction 0)"
+        )
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    count = min(len(keys) - 1, max(1, round(fraction * len(keys))))
+    return frozenset(ranked[:count])
+
+
+def split_rows(data_dir: Path, split: Split) -> int:
+    """How many dialogues of the shards fall on `split`'s side (reads only the `scenario` column)."""
+    import pyarrow.parquet as pq
+
+    count = 0
+    for path in shard_files(data_dir):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["scenario"]):
+            count += sum(split.keeps(s) for s in batch.column(0).to_pylist())
+    return count
+
+
 class ParquetDialogues(IterableDataset):
     """Streams examples from the shards; file order is reshuffled every epoch from `seed`.
 
-    `skip` examples are passed over without decoding (resuming a run); `epochs=None` repeats forever.
-    With DataLoader workers, each worker reads a disjoint subset of the files.
+    Rows form one global order (the same on every rank); with `world` ranks, rank r takes the rows whose
+    index i in that order has i % world == r, so ranks read disjoint examples and a step of `world` ranks
+    sees exactly the rows a single process with the same global batch would. `skip` counts this rank's
+    own rows already consumed (resuming): they are passed over without decoding. `split` keeps one side
+    of a by-scenario split. `epochs=None` repeats forever. With DataLoader workers, worker w of W builds
+    this rank's batches w, w + W, ... (batches of `batch_size`), so the loader's output order is unchanged.
     """
 
     def __init__(
@@ -146,33 +213,48 @@ class ParquetDialogues(IterableDataset):
         skip: int = 0,
         rows_per_read: int = 4,
         spk_mode: str = "code",
+        rank: int = 0,
+        world: int = 1,
+        batch_size: int = 1,
+        split: Split | None = None,
     ) -> None:
         super().__init__()
         self.files = shard_files(data_dir)
         self.tok, self.config, self.seed, self.epochs, self.skip = tok, config, seed, epochs, skip
         self.rows_per_read, self.spk_mode = rows_per_read, spk_mode
+        self.rank, self.world, self.batch_size, self.split = rank, world, batch_size, split
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """Raw rows (id, scenario, turns) in training order, read a few at a time."""
+        """Raw rows (id, scenario, turns) of the split in the global training order, read a few at a time."""
         import pyarrow.parquet as pq
 
-        worker = get_worker_info()
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             order = np.random.default_rng(self.seed + epoch).permutation(len(self.files))
-            files = [self.files[i] for i in order]
-            if worker is not None:
-                files = files[worker.id :: worker.num_workers]
-            for path in files:
-                parquet = pq.ParquetFile(path)
+            found = 0
+            for i in order:
+                parquet = pq.ParquetFile(self.files[i])
                 for batch in parquet.iter_batches(batch_size=self.rows_per_read, columns=COLUMNS):
-                    yield from batch.to_pylist()
+                    for row in batch.to_pylist():
+                        if self.split is None or self.split.keeps(row["scenario"]):
+                            found += 1
+                            yield row
+            if not found:
+                part = f" in the {self.split.part} split" if self.split is not None else ""
+                raise DataError(f"the shards hold no dialogues{part}; build more data")
             epoch += 1
 
     def __iter__(self) -> Iterator[Example]:
-        for n, row in enumerate(self.rows()):
-            if n >= self.skip:
-                yield build_example(row, self.tok, self.config, self.spk_mode)
+        worker = get_worker_info()
+        for index, row in enumerate(self.rows()):
+            if index % self.world != self.rank:
+                continue
+            own = index // self.world
+            if own < self.skip:
+                continue
+            if worker is not None and ((own - self.skip) // self.batch_size) % worker.num_workers != worker.id:
+                continue
+            yield build_example(row, self.tok, self.config, self.spk_mode)
 
 
 class Collator:

@@ -24,7 +24,7 @@ from pipeline.train.data import Collator, assistant_head, prompt_prefix, user_au
 from pipeline.train.model import S2SModel
 from pipeline.train.speaker import speaker_vector
 from pipeline.train.tokenizer import TextTokenizer
-from pipeline.train.tokens import AUDIO, IM_END, PAD, TTS_START
+from pipeline.train.tokens import IM_END, PAD, TTS_START
 
 
 @dataclass
@@ -90,7 +90,7 @@ def stream_generate(
     ids = prompt_prefix(tok, cfg) + user_audio_ids(tok, cfg, len(clip)) + assistant_head(tok) + tok.encode(TTS_START)
     features, frames = Collator(cfg, tok.pad_id).features([clip])
     input_ids = torch.tensor([ids], device=device)
-    embeds = model.embed_inputs(input_ids, features.to(device), frames.to(device), tok.token_id(AUDIO))
+    embeds = model.embed_inputs(input_ids, features.to(device), frames.to(device))
     llm, tts = _Decoder(model.llm), _Decoder(model.tts)
     embed_tokens, embed_units = model.llm.get_input_embeddings(), model.tts.get_input_embeddings()
     hidden, logits = llm.feed(embeds)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.train.config import ConfigError, ModelConfig
-from pipeline.train.tokens import IGNORE_INDEX
+from pipeline.train.tokens import AUDIO_TOKEN_INDEX, IGNORE_INDEX
 
 TRAINABLE = ("adapters", "adapters-llm-tts")
 
@@ -67,15 +67,44 @@ class Projection(nn.Module):
 
 @dataclass
 class Losses:
-    """The two losses of one batch and their sum (what is optimised)."""
+    """Summed token losses of one batch and their token counts (text: LLM labels; units: TTS LM labels).
 
-    text: torch.Tensor
-    units: torch.Tensor
+    Sums, not means, so that a step made of several micro-batches, ranks or both can divide by the
+    step's global token counts and so equal the loss of one big batch exactly (up to float rounding).
+    """
+
+    text_sum: torch.Tensor
+    text_count: int
+    unit_sum: torch.Tensor
+    unit_count: int
+
+    @property
+    def text(self) -> torch.Tensor:
+        """Mean text loss per label token of this batch."""
+        return self.text_sum / max(self.text_count, 1)
+
+    @property
+    def units(self) -> torch.Tensor:
+        """Mean unit loss per unit label of this batch (0 when it has no units)."""
+        return self.unit_sum / max(self.unit_count, 1)
 
     @property
     def total(self) -> torch.Tensor:
-        """text + units."""
+        """text + units (the per-batch objective)."""
         return self.text + self.units
+
+
+def token_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy summed over the labelled positions (fp32), and their count.
+
+    The output head runs only at the positions that have a label (the assistant's text, the units), so
+    the [tokens x vocab] logits of the whole sequence (about 150k values per token for Qwen3) never exist.
+    """
+    shifted = labels[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep])
+    loss = nn.functional.cross_entropy(logits.float(), shifted[keep], reduction="sum")
+    return loss, int(keep.sum())
 
 
 def interleave_plan(text_len: int, unit_len: int, text_span: int, speech_span: int) -> list[tuple[str, int, int]]:
@@ -158,11 +187,11 @@ class S2SModel(nn.Module):
         return [adapted[i, :length] for i, length in enumerate(self.adapter.out_lengths(lengths).tolist())]
 
     def embed_inputs(
-        self, input_ids: torch.Tensor, features: torch.Tensor | None, frames: torch.Tensor | None, audio_id: int
+        self, input_ids: torch.Tensor, features: torch.Tensor | None, frames: torch.Tensor | None
     ) -> torch.Tensor:
-        """Token embeddings with each audio placeholder span replaced by its clip's adapted encoder output."""
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        slots = input_ids == audio_id
+        """Token embeddings with each `AUDIO_TOKEN_INDEX` span replaced by its clip's adapted encoder output."""
+        slots = input_ids == AUDIO_TOKEN_INDEX
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(slots, 0))
         if features is None or frames is None:
             if slots.any():
                 raise ValueError("input has audio placeholders but no audio features")
@@ -212,22 +241,25 @@ class S2SModel(nn.Module):
         mask = (torch.arange(embeds.shape[1], device=units.device)[None, :] < lengths[:, None]).long()
         return embeds, mask, label_tensor
 
-    def forward(self, batch: dict[str, Any], audio_id: int) -> Losses:
-        """Text loss of the LLM and unit loss of the TTS LM for a collated batch."""
-        embeds = self.embed_inputs(batch["input_ids"], batch.get("features"), batch.get("frames"), audio_id)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            output_hidden_states=True,
-        )
+    def forward(self, batch: dict[str, Any]) -> Losses:
+        """Summed text loss of the LLM and unit loss of the TTS LM (with token counts) for a collated batch."""
+        embeds = self.embed_inputs(batch["input_ids"], batch.get("features"), batch.get("frames"))
+        llm_kwargs = {"attention_mask": batch["attention_mask"], "output_hidden_states": True, "logits_to_keep": 1}
+        out = self.llm(inputs_embeds=embeds, **llm_kwargs)
+        text_sum, text_count = token_loss(out.hidden_states[-1], self.llm.lm_head, batch["labels"])
         if batch.get("units") is None:
-            return Losses(text=out.loss, units=out.loss.new_zeros(()))
+            return Losses(text_sum, text_count, text_sum.new_zeros(()), 0)
         tts_embeds, tts_mask, tts_labels = self.tts_inputs(
             out.hidden_states[-1], batch["token_types"], batch["units"], batch["units_mask"], batch["spk"]
         )
-        tts_out = self.tts(inputs_embeds=tts_embeds, attention_mask=tts_mask, labels=tts_labels)
-        return Losses(text=out.loss, units=tts_out.loss)
+        tts_out = self.tts(inputs_embeds=tts_embeds, **{**llm_kwargs, "attention_mask": tts_mask})
+        unit_sum, unit_count = token_loss(tts_out.hidden_states[-1], self.tts.lm_head, tts_labels)
+        return Losses(text_sum, text_count, unit_sum, unit_count)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLM's and the TTS LM's decoder layers in the backward pass (activation memory)."""
+        for lm in (self.llm, self.tts):
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def set_trainable(model: S2SModel, regime: str) -> list[str]:

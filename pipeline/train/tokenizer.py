@@ -59,13 +59,27 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A local Hugging Face tokenizer (e.g. Qwen3's) with the audio and TTS markers added as special tokens."""
+    """A local Hugging Face tokenizer (e.g. Qwen3's) with upstream's four audio and TTS markers as special tokens.
 
-    def __init__(self, path: Path) -> None:
+    A plain Qwen3 tokenizer gets them added in upstream's order; `require_specials` (an OpenS2S checkpoint's
+    tokenizer) insists they are already there, so the ids are the checkpoint's own.
+    """
+
+    def __init__(self, path: Path, require_specials: bool = False) -> None:
         from transformers import AutoTokenizer
 
         self._tok: Any = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._tok.add_special_tokens({"additional_special_tokens": list(ADDED_SPECIALS)})
+        vocab = self._tok.get_vocab()
+        missing = [t for t in ADDED_SPECIALS if t not in vocab]
+        if missing and require_specials:
+            from pipeline.train.config import ConfigError
+
+            raise ConfigError(
+                f"the tokenizer in {path} lacks {', '.join(missing)}; an OpenS2S checkpoint's tokenizer has "
+                "upstream's four added tokens (is this an OpenS2S checkpoint folder?)"
+            )
+        if missing:
+            self._tok.add_special_tokens({"additional_special_tokens": list(ADDED_SPECIALS)})
         self.vocab_size = len(self._tok)
         pad = self._tok.pad_token_id
         self.pad_id = int(pad if pad is not None else self._tok.convert_tokens_to_ids(IM_END))

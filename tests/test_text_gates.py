@@ -108,7 +108,11 @@ def test_role_check_rejects_a_user_turn_that_speaks_as_the_listener(text: str) -
 
 
 def test_role_check_lets_the_user_tell_their_own_story() -> None:
-    for text in [*HELD_OUT.values(), "I am so sorry I missed my sister's wedding, I feel terrible about it."]:
+    for text in [
+        *HELD_OUT.values(),
+        "I am so sorry I missed my sister's wedding, I feel terrible about it.",
+        "I think it must be my fault that he left.",
+    ]:
         check_role(text)
 
 

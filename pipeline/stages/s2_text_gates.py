@@ -35,7 +35,8 @@ _LISTENER = re.compile(
     r"\b(?:sorry (?:to hear|for your|about your|that you|you(?:'re| are| have| had| went))"
     r"|(?:that|it) (?:must|sounds?|seems) (?:be |have been |like )?(?:so |really |very )?"
     r"(?:hard|tough|difficult|scary|frustrating|painful|exciting|upsetting|awful|terrible|wonderful) for you"
-    r"|(?:that|it) must (?:be|have been|feel) (?:so |really |very )?\w+"
+    r"|that must (?:be|have been|feel) (?:so |really |very )?(?:hard|tough|difficult|scary|frustrating|painful"
+    r"|upsetting|awful|terrible|overwhelming|stressful|exciting|wonderful)"
     r"|how (?:are|do) you feel(?:ing)?|what happened to you|i(?:'m| am) here for you|you(?:'re| are) not alone"
     r"|thank you for (?:sharing|telling me)|it sounds like you|you must (?:feel|be))\b",
     re.I,

@@ -56,14 +56,24 @@ class NearDuplicateFilter:
         # Only the band layout (b bands of r rows) is taken from datasketch's optimum for this threshold.
         self.bands = MinHashLSH(threshold=max(0.05, 0.7 * threshold), num_perm=NUM_PERM).hashranges
         self.store = DedupStore(path)
+        self._permutations: object = None  # drawn once: a MinHash draws its 128 permutations on creation
+        self._scheme = ""
+
+    def _minhash_values(self, sh: np.ndarray) -> np.ndarray:
+        """The MinHash signature (datasketch, seed 1) of shingles `sh`."""
+        from datasketch import MinHash
+
+        if self._permutations is None:
+            m = MinHash(num_perm=NUM_PERM, seed=1)
+            self._permutations, self._scheme = m.permutations, m.scheme
+        else:
+            m = MinHash(num_perm=NUM_PERM, seed=1, permutations=self._permutations, scheme=self._scheme)
+        m.update_batch([int(x).to_bytes(8, "big") for x in sh])
+        return m.hashvalues.astype(np.uint64)
 
     def _band_keys(self, sh: np.ndarray) -> list[int]:
         """One signed 64-bit key per LSH band of the MinHash signature of shingles `sh`."""
-        from datasketch import MinHash
-
-        m = MinHash(num_perm=NUM_PERM, seed=1)
-        m.update_batch([int(x).to_bytes(8, "big") for x in sh])
-        values = m.hashvalues.astype(np.uint64)
+        values = self._minhash_values(sh)
         return [
             int.from_bytes(hashlib.blake2b(bytes([band]) + values[a:b].tobytes(), digest_size=8).digest(), "big",
                            signed=True)
@@ -81,21 +91,25 @@ class NearDuplicateFilter:
                 best, best_j = key, j
         return best, best_j
 
-    def add(self, dialogue_id: str, texts: Iterable[str], keys: list[int] | None = None) -> None:
+    def add(self, dialogue_id: str, texts: Iterable[str]) -> None:
         """Index a kept dialogue (also used to seed the index from completed shards)."""
         sh = shingles(texts)
+        if len(sh):
+            self._index(dialogue_id, sh, self._band_keys(sh))
+
+    def _index(self, dialogue_id: str, sh: np.ndarray, keys: list[int]) -> None:
         index = dialogue_index(dialogue_id)
-        if not len(sh) or self.store.contains(index):
-            return
-        self.store.add(index, dialogue_id, sh, keys if keys is not None else self._band_keys(sh))
+        if not self.store.contains(index):
+            self.store.add(index, dialogue_id, sh, keys)
 
     def apply(self, dialogue: Dialogue) -> Dialogue:
         """Reject `dialogue` if it nearly duplicates a kept one; otherwise index it. Call in index order."""
         if not dialogue.kept:
             return dialogue
-        texts = [t.text for t in dialogue.turns]
-        sh = shingles(texts)
-        keys = self._band_keys(sh) if len(sh) else []
+        sh = shingles(t.text for t in dialogue.turns)
+        if not len(sh):
+            return dialogue
+        keys = self._band_keys(sh)
         other, j = self.closest(sh, keys)
         if other is not None and j >= self.threshold:
             dialogue.reject = Reject(
@@ -103,7 +117,7 @@ class NearDuplicateFilter:
                 measured={"jaccard": round(j, 4), "duplicate_of": other},
             )  # fmt: skip
             return dialogue
-        self.add(dialogue.id, texts, keys)
+        self._index(dialogue.id, sh, keys)
         return dialogue
 
     def forget(self, indices: Iterable[int]) -> None:

@@ -23,8 +23,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.adapters.llm_server import EmbeddedLLMServer, endpoint_ready
+from pipeline.adapters.llm_client import LLMError, api_key
+from pipeline.adapters.llm_server import EmbeddedLLMServer, KeyRejectedError, endpoint_ready
 from pipeline.catalogs import Catalogs, check_voices, load_catalogs
+from pipeline.failfast import FailFastMonitor
 from pipeline.io.dedup_index import INDEX_PATH as DEDUP_INDEX_PATH
 from pipeline.io.shards import OutputFolder
 from pipeline.recipe import Recipe, RecipeError, load_recipe
@@ -89,7 +91,17 @@ def llm_endpoint(recipe: Recipe) -> Iterator[str]:
         return
     if cfg.backend == "openai":
         assert cfg.base_url is not None
-        if not endpoint_ready(cfg.base_url, timeout_s=10.0):
+        try:
+            key = None if not cfg.api_key_env else api_key(cfg)
+            ready = endpoint_ready(cfg.base_url, timeout_s=10.0, api_key=key)
+        except LLMError as err:
+            raise BuildError(f"{err}; export it before the build") from None
+        except KeyRejectedError as err:
+            raise BuildError(
+                f"key rejected ({err}): check llm.api_key_env ({cfg.api_key_env or 'not set'}) "
+                "holds the key the server was started with"
+            ) from None
+        if not ready:
             raise BuildError(
                 f"llm.base_url: no OpenAI-compatible server answers at {cfg.base_url} (GET /models failed); "
                 "start the server or fix the URL"
@@ -141,6 +153,8 @@ def _stage_options(recipe: Recipe, stage: str) -> dict[str, Any]:
     }
     if res.num_gpus:
         options["num_gpus"] = res.num_gpus
+    if res.runtime_env:
+        options["runtime_env"] = res.runtime_env  # a keyword of map_batches in Ray 2.60
     return options
 
 
@@ -177,42 +191,124 @@ def _units_manifest(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> dict[s
     return {"backend": recipe.units.backend, "version": version, "size": size, "frame_rate_hz": 12.5}
 
 
-def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
-    """Fail before any work if a model path the recipe names is missing."""
-    from pipeline.adapters.asr_whisper import check_model_dir, default_model_dir
-    from pipeline.adapters.funasr_models import check_funasr_dir
-    from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
-    from pipeline.adapters.units_glm4voice import check_glm4voice_paths
+_PACKAGES = {  # (recipe field, its value) -> the import a stage needs (checked without importing it)
+    ("llm.backend", "openai"): ("dialogue", "openai"),
+    ("llm.backend", "embedded"): ("dialogue", "xllamacpp"),
+    ("llm.backend", "ray-vllm"): ("dialogue", "vllm"),
+    ("tts.backend", "cosyvoice2"): ("tts", "torch"),
+    ("asr.backend", "funasr"): ("gates", "funasr"),
+    ("asr.backend", "faster-whisper"): ("gates", "faster_whisper"),
+    ("gates.emotion_backend", "emotion2vec"): ("gates", "funasr"),
+    ("units.backend", "glm4voice"): ("units", "transformers"),
+}
 
-    try:
-        if recipe.llm.backend == "ray-vllm":
-            from pipeline.adapters.llm_ray_vllm import check_ray_vllm
 
-            check_ray_vllm(recipe.llm.model_path)
-        if recipe.text_only:
-            return
-        if recipe.asr.backend == "funasr":
-            check_funasr_dir(recipe.asr.model_path, "asr.model_path")
+def _missing_packages(recipe: Recipe) -> list[str]:
+    """Imports a stage needs that its interpreter lacks (the stage's runtime_env py_executable, else ours)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    chosen = {
+        "llm.backend": recipe.llm.backend,
+        "tts.backend": recipe.tts.backend,
+        "asr.backend": recipe.asr.backend,
+        "gates.emotion_backend": recipe.gates.emotion_backend if recipe.gates.emotion_check else "",
+        "units.backend": recipe.units.backend,
+    }
+    problems = []
+    for (field_name, value), (stage, module) in _PACKAGES.items():
+        if chosen[field_name] != value or (recipe.text_only and stage != "dialogue"):
+            continue
+        env = getattr(recipe.resources, stage).runtime_env or {}
+        if "pip" in env or "uv" in env or "conda" in env:
+            continue  # Ray installs the stage's packages when it starts
+        python = str(env.get("py_executable") or sys.executable)
+        if python == sys.executable:
+            found = importlib.util.find_spec(module) is not None
+        elif not Path(python).is_file():
+            problems.append(f"resources.{stage}.runtime_env.py_executable: {python} does not exist")
+            continue
         else:
-            check_model_dir(Path(recipe.asr.model_path) if recipe.asr.model_path else default_model_dir())
+            code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+            found = subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
+        if not found:
+            problems.append(f"{field_name} {value}: package `{module}` is not installed in {python} (stage {stage})")
+    return problems
+
+
+def input_problems(recipe: Recipe, catalogs: Catalogs | None) -> list[str]:
+    """Every missing model path, package or key the recipe needs, each naming its recipe field
+    (all of them, not only the first). `catalogs` is None when the catalogs could not be loaded."""
+    from pipeline.adapters.asr_whisper import check_model_dir, default_model_dir
+    from pipeline.adapters.funasr_models import check_emotion2vec_dir, check_funasr_dir
+    from pipeline.adapters.tts_cosyvoice import check_cosyvoice_paths
+    from pipeline.adapters.units_glm4voice import check_glm4voice_device, check_glm4voice_paths
+
+    checks: list[Callable[[], object]] = []
+    if recipe.llm.backend == "ray-vllm":
+        from pipeline.adapters.llm_ray_vllm import check_ray_vllm
+
+        checks.append(lambda: check_ray_vllm(recipe.llm.model_path))
+    if recipe.llm.backend == "openai" and recipe.llm.api_key_env:
+        checks.append(lambda: api_key(recipe.llm))
+    if not recipe.text_only:
+        if recipe.asr.backend == "funasr":
+            checks.append(lambda: check_funasr_dir(recipe.asr.model_path, "asr.model_path"))
+        else:
+            path = Path(recipe.asr.model_path) if recipe.asr.model_path else None
+            checks.append(lambda: check_model_dir(path or default_model_dir()))
         if recipe.gates.emotion_check and recipe.gates.emotion_backend == "emotion2vec":
-            check_funasr_dir(recipe.gates.emotion_model_dir, "gates.emotion_model_dir")
+            checks.append(lambda: check_emotion2vec_dir(recipe.gates.emotion_model_dir))
         if recipe.tts.backend == "cosyvoice2":
-            check_cosyvoice_paths(recipe.tts.cosyvoice_repo, recipe.tts.cosyvoice_model_dir)
+            checks.append(lambda: check_cosyvoice_paths(recipe.tts.cosyvoice_repo, recipe.tts.cosyvoice_model_dir))
             if recipe.units.backend == "kmeans":
-                raise FileNotFoundError(
-                    "units.backend: the k-means codebook is fitted on eSpeak renderings; for cosyvoice2 audio set "
-                    "units.backend glm4voice with units.glm4voice_repo and units.glm4voice_tokenizer_dir"
-                )
+                checks.append(_kmeans_needs_espeak)
         if recipe.units.backend == "glm4voice":
-            try:
-                check_glm4voice_paths(recipe.units.glm4voice_repo, recipe.units.glm4voice_tokenizer_dir)
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"units.glm4voice_repo / units.glm4voice_tokenizer_dir: {err}") from None
-    except FileNotFoundError as err:
-        raise RecipeError(str(err)) from None
-    if recipe.tts.backend == "espeak":
-        check_voices(catalogs)
+            units = recipe.units
+            checks.append(lambda: check_glm4voice_paths(units.glm4voice_repo, units.glm4voice_tokenizer_dir))
+            checks.append(lambda: check_glm4voice_device(units.device))
+        if recipe.tts.backend == "espeak" and catalogs is not None:
+            checks.append(lambda: check_voices(catalogs))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (FileNotFoundError, ValueError, RecipeError, LLMError) as err:
+            problems.extend(str(err).splitlines())
+    return problems + _missing_packages(recipe)
+
+
+def _kmeans_needs_espeak() -> None:
+    raise FileNotFoundError(
+        "units.backend: the k-means codebook is fitted on eSpeak renderings; for cosyvoice2 audio set "
+        "units.backend glm4voice with units.glm4voice_repo and units.glm4voice_tokenizer_dir"
+    )
+
+
+def check_inputs(recipe: Recipe, recipe_path: Path) -> Catalogs:
+    """Load the recipe's catalogs and check every input it names; one RecipeError lists all problems."""
+    problems, catalogs = [], None
+    try:
+        catalogs = load_catalogs(recipe, base=recipe_path.resolve().parent)
+    except RecipeError as err:
+        problems.append(str(err))
+    problems += input_problems(recipe, catalogs)
+    if problems:
+        if len(problems) == 1:
+            raise RecipeError(problems[0])
+        raise RecipeError(
+            f"{len(problems)} problems, fix them all before the build:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    assert catalogs is not None
+    return catalogs
+
+
+def _check_inputs(recipe: Recipe, catalogs: Catalogs) -> None:
+    """Fail before any work if a model path, package or key the recipe names is missing (all listed)."""
+    problems = input_problems(recipe, catalogs)
+    if problems:
+        raise RecipeError("\n".join(problems))
 
 
 def build(
@@ -236,8 +332,7 @@ def build(
     started = time.monotonic()
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path, num_dialogues)
-    catalogs = load_catalogs(recipe, base=recipe_path.resolve().parent)
-    _check_inputs(recipe, catalogs)
+    catalogs = check_inputs(recipe, recipe_path)
     out = OutputFolder(Path(out_dir), recipe)
     try:
         resumed = out.check(overwrite)
@@ -274,7 +369,7 @@ def build(
             out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
             with ray_session(recipe, ray_address):
-                stream = dialogue_stream(ctx, indices)
+                stream = FailFastMonitor(recipe).watch(dialogue_stream(ctx, indices))
                 dedup = _open_dedup(out, recipe, indices)
                 pipeline_started = time.monotonic()
                 result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)

@@ -73,6 +73,7 @@ def build(
     """Build (or resume) a dataset from RECIPE into OUT."""
     from pipeline.build import BuildError
     from pipeline.build import build as run_build
+    from pipeline.failfast import FailFastError
 
     progress = Progress(
         TextColumn("[bold]dialogues"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -91,6 +92,8 @@ def build(
         fail(str(err), EXIT_BAD_INPUT)
     except BuildError as err:
         fail(str(err), EXIT_BAD_INPUT)
+    except FailFastError as err:
+        fail(str(err), EXIT_FAILED)
     except KeyboardInterrupt:
         fail(f"interrupted; completed shards are kept, re-run the same command to resume into {out}", EXIT_INTERRUPTED)
     except OSError as err:
@@ -128,11 +131,47 @@ def build(
 
 
 @app.command()
+def check(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. manifests/production-gpu.yaml.")],
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster the build will use (default: local Ray).")
+    ] = None,
+) -> None:
+    """Preflight RECIPE: list every missing input, then run 2 scenarios through every stage and estimate the build."""
+    from pipeline.build import BuildError
+    from pipeline.preflight import run_check
+
+    try:
+        result = run_check(recipe, ray_address)
+    except (RecipeError, BuildError) as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    table = Table(title=f"check {result.recipe.name}")
+    for column in ("stage", "backend", "versions", "interpreter", "load s", "s / item", "outcome"):
+        table.add_column(column, overflow="fold")
+    for r in result.stages:
+        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+        table.add_row(r.stage, r.backend, versions, r.interpreter, f"{r.load_s:.1f}", f"{r.item_s:.2f}", r.outcome)
+    terminal = Console()
+    if not terminal.is_terminal:  # a log file or a pipe: do not squeeze the table into 80 columns
+        terminal = Console(width=220)
+    terminal.print(table)
+    if not result.ok:
+        fail("a stage does not work (see the outcome column); fix it before the build", EXIT_FAILED)
+    terminal.print(
+        f"estimate for {result.recipe.num_dialogues} dialogues: {result.estimate_s / 3600:.2f} h "
+        f"({result.estimate_s:.0f} s; slowest stage {result.bottleneck}, from the rates measured on 2 items)"
+    )
+
+
+@app.command()
 def verify(out: Annotated[Path, typer.Argument(help="A build's output folder.")]) -> None:
     """Check a finished dataset: schemas, audio, ids, counts, units; non-zero exit on problems."""
+    from pipeline.verify import dominant_reject_warnings
     from pipeline.verify import verify as run_verify
 
     problems, counts = run_verify(out)
+    for warning in dominant_reject_warnings(out):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if problems:
         for problem in problems:
             console.print(f"[red]problem:[/] {problem}", highlight=False)

@@ -31,6 +31,22 @@ class StageResources(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs each actor of this stage reserves (production backends).")
     concurrency: int = Field(1, ge=1, description="Number of actors in the stage's pool.")
     batch_size: int = Field(1, ge=1, description="Dialogues per batch handed to one actor call.")
+    runtime_env: dict[str, Any] | None = Field(
+        None,
+        description="Ray runtime environment of this stage's actors, e.g. {py_executable: /venvs/tts/bin/python} "
+        "for a prepared venv (same Python minor and Ray version, plus this package), `pip` or `env_vars`.",
+    )
+
+    @model_validator(mode="after")
+    def _runtime_env_keys(self) -> StageResources:
+        allowed = {"py_executable", "pip", "uv", "conda", "env_vars", "config"}
+        unknown = sorted(set(self.runtime_env or {}) - allowed)
+        if unknown:
+            raise ValueError(
+                f"runtime_env: unsupported key(s) {', '.join(unknown)} (per stage: {', '.join(sorted(allowed))}; "
+                "working_dir and py_modules are job-level only in Ray)"
+            )
+        return self
 
 
 class Resources(_Strict):
@@ -42,6 +58,21 @@ class Resources(_Strict):
     tts: StageResources = Field(StageResources(num_cpus=0.3), description="Speech synthesis.")
     gates: StageResources = Field(StageResources(num_cpus=1.0), description="ASR, WER and emotion gates.")
     units: StageResources = Field(StageResources(num_cpus=0.3), description="Speech units.")
+
+
+class FailFastConfig(_Strict):
+    """When a build stops instead of rejecting everything (pipeline/failfast.py)."""
+
+    first_items: int = Field(
+        8,
+        ge=0,
+        description="Stop when the first N finished dialogues all failed with the same `<stage>_error` "
+        "(nothing of them is written, so a re-run after the fix resumes exactly); 0 disables the check.",
+    )
+    window: int = Field(50, ge=1, description="Sliding window of finished dialogues for the error share.")
+    max_error_share: float = Field(
+        0.5, gt=0, le=1, description="Stop when more than this share of the window failed with `<stage>_error`."
+    )
 
 
 class ScenarioConfig(_Strict):
@@ -282,6 +313,7 @@ class Recipe(_Strict):
     gates: GatesConfig = Field(GatesConfig(), description="Audio gates.")
     units: UnitsConfig = Field(UnitsConfig(), description="Speech units.")
     resources: Resources = Field(Resources(), description="Ray resources per stage.")
+    fail_fast: FailFastConfig = Field(FailFastConfig(), description="Stop a build whose stage fails on every item.")
     text_only: bool = Field(
         False, description="Write and gate the dialogues' text only: no TTS, ASR or speech units; turns carry no audio."
     )
@@ -299,8 +331,12 @@ class Recipe(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the output (the identity of a run)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of everything that determines the output (the identity of a run). Where a stage runs
+        (its runtime_env) and when the build stops early (fail_fast) do not change the output."""
+        fields = self.model_dump(mode="json", exclude={"fail_fast": True, "reliability": True})
+        for stage in fields["resources"].values():
+            stage.pop("runtime_env", None)
+        canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

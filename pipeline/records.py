@@ -110,6 +110,7 @@ class Dialogue:
     dropped_turns: list[Reject] = field(default_factory=list)  # exchanges cut by a gate
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
     nodes: dict[str, str] = field(default_factory=dict)  # Ray node id each stage ran on
+    interpreters: dict[str, str] = field(default_factory=dict)  # sys.executable each stage ran in
 
     @property
     def kept(self) -> bool:

@@ -127,7 +127,31 @@ def verify(out_dir: Path) -> tuple[list[str], dict[str, int]]:
             problems.append(f"manifest counts {key}={counts.get(key)} but the shard stats add up to {stats_sum[key]}")
     if len(kept_ids) != stats_sum["kept"] or len(rejected_ids) != stats_sum["rejected"]:
         problems.append("the shards' rows do not add up to their stats")
+    if total and not kept_ids and not lost:
+        reasons = Counter(counts.get("rejected_by_reason", {})).most_common(1)
+        why = f" (most common reason: {reasons[0][0]})" if reasons else ""
+        problems.append(f"no dialogue was kept: all {len(rejected_ids)} were rejected{why}; the dataset is empty")
     leftovers = [p.name for p in out_dir.rglob("*.tmp")]
     if leftovers:
         problems.append(f"temp files left behind: {', '.join(leftovers[:5])}")
     return problems, {"requested": total, "kept": len(kept_ids), "rejected": len(rejected_ids)}
+
+
+def dominant_reject_warnings(out_dir: Path, share: float = 0.8, min_rejected: float = 0.2) -> list[str]:
+    """Warnings for a build where one reject reason makes up at least `share` of the rejects while
+    rejects are at least `min_rejected` of the requested dialogues (a stage or gate that is likely misset)."""
+    try:
+        counts = json.loads((out_dir / "manifest.json").read_text()).get("counts", {})
+    except (OSError, ValueError):
+        return []
+    reasons = Counter(counts.get("rejected_by_reason", {}))
+    rejected, requested = sum(reasons.values()), counts.get("requested", 0)
+    if not reasons or not requested or rejected < min_rejected * requested:
+        return []
+    reason, n = reasons.most_common(1)[0]
+    if n < share * rejected:
+        return []
+    return [
+        f"{n} of {requested} requested dialogues were rejected for {reason} ({n / rejected:.0%} of the rejects): "
+        "check the stage or gate setting behind it (`opens2s-data stats` breaks it down)"
+    ]

@@ -35,3 +35,15 @@ class EmotionPrediction:
     emotion: str
     score: float
     features: dict[str, float]
+
+
+def quiet_third_party(level: int = 30) -> None:
+    """Silence what upstream model code prints inside our actors: CosyVoice sets the root logger to
+    DEBUG and FunASR calls logging.basicConfig(INFO) and shows tqdm bars; warnings and errors stay."""
+    import logging
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger().setLevel(level)
+    for name in ("funasr", "modelscope", "matplotlib", "numba", "jieba", "cosyvoice"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

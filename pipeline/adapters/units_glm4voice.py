@@ -27,24 +27,40 @@ _TOKENIZER_FILES = ("config.json", "preprocessor_config.json")
 
 
 def check_glm4voice_paths(repo: str | None, tokenizer_dir: str | None) -> tuple[Path, Path]:
-    """Raise FileNotFoundError naming the problem unless both local folders look right."""
+    """Raise FileNotFoundError naming the recipe fields of every problem unless both local folders look right."""
+    problems = []
     if not repo or not (Path(repo) / "speech_tokenizer" / "modeling_whisper.py").is_file():
-        raise FileNotFoundError(
-            f"GLM-4-Voice repository {repo!r} has no speech_tokenizer/modeling_whisper.py; "
+        problems.append(
+            f"units.glm4voice_repo: {repo!r} has no speech_tokenizer/modeling_whisper.py; "
             "give a local checkout of github.com/THUDM/GLM-4-Voice"
         )
     folder = Path(tokenizer_dir) if tokenizer_dir else None
     if folder is None or not folder.is_dir():
-        raise FileNotFoundError(
-            f"GLM-4-Voice tokenizer folder {tokenizer_dir!r} does not exist; "
+        problems.append(
+            f"units.glm4voice_tokenizer_dir: {tokenizer_dir!r} does not exist; "
             "give a local copy of glm-4-voice-tokenizer (nothing is downloaded)"
         )
-    for name in _TOKENIZER_FILES:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}; is it the glm-4-voice-tokenizer folder?")
-    if not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(f"{folder} has no *.safetensors weights")
-    return Path(repo), folder
+    else:
+        missing = [name for name in _TOKENIZER_FILES if not (folder / name).is_file()]
+        if not any(folder.glob("*.safetensors")):
+            missing.append("*.safetensors")
+        if missing:
+            problems.append(
+                f"units.glm4voice_tokenizer_dir: {folder} lacks {', '.join(missing)}; "
+                "is it the glm-4-voice-tokenizer folder?"
+            )
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
+    return Path(repo), folder  # type: ignore[arg-type]
+
+
+def check_glm4voice_device(device: str) -> None:
+    """Raise ValueError unless `device` is CUDA: GLM-4-Voice's `extract_speech_token` calls `.cuda()` itself."""
+    if not device.startswith("cuda"):
+        raise ValueError(
+            f"units.device: {device!r}, but the GLM-4-Voice tokenizer runs on CUDA only "
+            "(speech_tokenizer/utils.py moves every batch with .cuda()); set units.device cuda on GPU nodes"
+        )
 
 
 def glm4voice_version(tokenizer_dir: Path) -> str:
@@ -56,6 +72,7 @@ class GLM4VoiceUnits:
     """Speech units of a clip with the GLM-4-Voice tokenizer (CUDA)."""
 
     def __init__(self, repo: str | None, tokenizer_dir: str | None, device: str = "cuda") -> None:
+        check_glm4voice_device(device)
         repo_path, folder = check_glm4voice_paths(repo, tokenizer_dir)
         if str(repo_path) not in sys.path:
             sys.path.insert(0, str(repo_path))

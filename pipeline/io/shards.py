@@ -30,7 +30,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def dialogue_row(d: Dialogue) -> dict[str, Any]:
     """The Parquet row of a kept dialogue."""
     turns = []
     for t in d.turns:
-        turn = {f.name: getattr(t, f.name) for f in fields(t)}  # flat fields: no deep copy (asdict copies every unit)
+        turn = asdict(t)
         turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"} if t.audio else None
         turns.append(turn)
     return {
@@ -387,6 +387,10 @@ class OutputFolder:
             "cells": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in kept)),
             "cells_requested": dict(Counter(f"{d.scenario.emotion}|{d.scenario.topic}" for d in dialogues)),
             "nodes": dict(Counter(node for d in dialogues for node in d.nodes.values())),
+            "interpreters": {
+                stage: sorted({d.interpreters[stage] for d in dialogues if stage in d.interpreters})
+                for stage in sorted({s for d in dialogues for s in d.interpreters})
+            },
             "stage_seconds": {
                 k: round(v, 3) for k, v in sum((Counter(d.timings) for d in dialogues), Counter()).items()
             },

@@ -10,6 +10,7 @@ a reject with reason `<stage>_error`, so one bad row never kills a batch; the re
 from __future__ import annotations
 
 import pickle
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -80,14 +81,29 @@ class RayStage:
         import ray
 
         self.stage = stage_cls(ctx)
-        self.stage.setup()
         self.node_id = ray.get_runtime_context().get_node_id()
+        # A backend that cannot load (a corrupt model folder, a wrong upstream version) fails every
+        # item with the load error, so the driver's fail-fast check stops the build with that message
+        # (an exception here would make Ray retry the actor or end with an opaque traceback).
+        self.setup_error = ""
+        try:
+            self.stage.setup()
+        except Exception as err:  # noqa: BLE001 - reported on every item instead
+            self.setup_error = f"setup failed: {type(err).__name__}: {err}"[:500]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Run the stage over a batch of pickled dialogues, noting the node it ran on."""
-        dialogues = self.stage.run_batch([pickle.loads(blob) for blob in batch["record"]])
+        """Run the stage over a batch of pickled dialogues, noting the node and interpreter it ran on."""
+        dialogues = [pickle.loads(blob) for blob in batch["record"]]
+        if self.setup_error:
+            for dialogue in dialogues:
+                if dialogue.kept:
+                    name = self.stage.name
+                    dialogue.reject = Reject(stage=name, reason=f"{name}_error", detail=self.setup_error)
+        else:
+            dialogues = self.stage.run_batch(dialogues)
         for dialogue in dialogues:
             dialogue.nodes[self.stage.name] = self.node_id
+            dialogue.interpreters[self.stage.name] = sys.executable
         return to_batch(dialogues)
 
 

@@ -66,14 +66,18 @@ def _english(label: str) -> str:
 
 
 def _load(folder: Path, device: str) -> object:
-    from funasr import AutoModel
+    import contextlib
+    import io
 
     from pipeline.adapters.base import quiet_third_party
 
     quiet_third_party()
-    model = AutoModel(
-        model=str(folder), disable_update=True, device=device, hub="ms", disable_pbar=True, log_level="ERROR"
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # funasr prints its version and an ffmpeg notice
+        from funasr import AutoModel
+
+        model = AutoModel(
+            model=str(folder), disable_update=True, device=device, hub="ms", disable_pbar=True, log_level="ERROR"
+        )
     quiet_third_party()  # AutoModel calls logging.basicConfig(level=log_level) itself
     return model
 

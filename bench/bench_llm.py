@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def context(folder: Path, url: str, concurrency: int) -> BuildContext:
-    recipe = yaml.safe_load((REPO / "manifests" / "demo.yaml").read_text())
+    demo = yaml.safe_load((REPO / "manifests" / "demo.yaml").read_text())
+    recipe = {key: demo[key] for key in ("name", "seed", "llm", "text_gates") if key in demo}  # the writer's part
     recipe["llm"].update(max_concurrency=concurrency, cache_requests=False, max_retries=0)
     recipe["scenarios"] = {"min_exchanges": 1, "max_exchanges": 1}
     path = folder / f"bench-llm-{concurrency}.yaml"

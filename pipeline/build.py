@@ -68,6 +68,7 @@ class BuildResult:
     retried: int = 0  # transiently failed dialogues of earlier runs that this run retried
     pipeline_s: float = 0.0  # from starting the Ray Data stream to its last dialogue (this run)
     skipped_shards: list[int] = field(default_factory=list)
+    startup_s: dict[str, float] = field(default_factory=dict)  # seconds per start-up phase (this run)
 
 
 def package_versions() -> dict[str, str]:
@@ -113,9 +114,12 @@ def llm_endpoint(recipe: Recipe) -> Iterator[str]:
     except FileNotFoundError as err:
         raise BuildError(str(err)) from None
     try:
-        yield server.start()
-    except (RuntimeError, TimeoutError) as err:
+        url = server.start()
+    except (RuntimeError, TimeoutError) as err:  # only the server's own start (not the build's errors)
+        server.stop()
         raise BuildError(f"the embedded LLM server failed: {err}") from None
+    try:
+        yield url
     finally:
         server.stop()
 
@@ -130,14 +134,24 @@ def ray_session(recipe: Recipe, address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        # Ray 2.60 turns token authentication on for a new local cluster and says so at WARNING level
+        # (the secure default we want); that one notice is dropped, Ray's other auth warnings stay.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_drop_auth_enabled_notice)
         ray.init(num_cpus=recipe.ray_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
+    # Our own progress bar replaces Ray Data's; Ray warns once that its bars are off, which we chose.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _drop_auth_enabled_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: False for Ray's notice that token authentication is on (the default we keep)."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def _stage_options(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -346,12 +360,18 @@ def build(
     if on_progress:
         on_progress(0, len(indices), None)
     if indices:
+        phases = result.startup_s
+        phase_started = time.monotonic()
         with _terminate_as_interrupt(), llm_endpoint(recipe) as base_url:
+            phases["llm_server"] = round(time.monotonic() - phase_started, 2)
             try:
                 out.prepare(overwrite)
             except (FileExistsError, PermissionError) as err:
                 raise BuildError(str(err)) from None
-            units = None if recipe.text_only else _units_manifest(recipe, catalogs, out.root)
+            with _phase(phases, "codebook"):
+                units = None if recipe.text_only else _units_manifest(recipe, catalogs, out.root)
+            with _phase(phases, "calibration"):
+                _warm_calibration(recipe, catalogs)
             manifest = {
                 "recipe": recipe.model_dump(mode="json"),
                 "recipe_hash": recipe.fingerprint(),
@@ -368,10 +388,13 @@ def build(
             }
             out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
+            phase_started = time.monotonic()
             with ray_session(recipe, ray_address):
+                phases["ray_start"] = round(time.monotonic() - phase_started, 2)
                 stream = FailFastMonitor(recipe).watch(dialogue_stream(ctx, indices))
                 dedup = _open_dedup(out, recipe, indices)
                 pipeline_started = time.monotonic()
+                stream = _timing_first(stream, phases, "first_dialogue", pipeline_started)
                 result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
                 result.pipeline_s = time.monotonic() - pipeline_started
     result.totals = out.totals()
@@ -382,7 +405,7 @@ def build(
     result.wall_s = time.monotonic() - started
     manifest.update(status="complete" if result.complete else "incomplete", counts=result.totals)
     manifest["last_run"] = {"wall_s": round(result.wall_s, 2), "pipeline_s": round(result.pipeline_s, 2),
-                            "shards_written": result.shards_written}  # fmt: skip
+                            "shards_written": result.shards_written, "startup_s": result.startup_s}  # fmt: skip
     out.write_manifest(manifest)
     return result
 
@@ -430,6 +453,32 @@ def _write_in_order(
         if on_progress:
             on_progress(done, total, dialogue)
     return written
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the body takes as start-up phase `name`."""
+    started = time.monotonic()
+    yield
+    phases[name] = round(time.monotonic() - started, 2)
+
+
+def _timing_first(stream: Iterator[Dialogue], phases: dict[str, float], name: str, since: float) -> Iterator[Dialogue]:
+    """Pass `stream` through, recording the seconds from `since` to its first item as phase `name`."""
+    for item in stream:
+        phases.setdefault(name, round(time.monotonic() - since, 2))
+        yield item
+
+
+def _warm_calibration(recipe: Recipe, catalogs: Catalogs) -> None:
+    """Fit (or load from the user's cache) the prosody emotion check's prototypes once in the driver, so
+    that the gates actors on this machine load them instead of each rendering the calibration set."""
+    gates = recipe.gates
+    if recipe.text_only or not gates.emotion_check or gates.emotion_backend != "prosody":
+        return
+    from pipeline.stages.s4_gates import calibrate_emotion_check, calibration_speakers
+
+    calibrate_emotion_check(catalogs, calibration_speakers(catalogs))
 
 
 @contextlib.contextmanager

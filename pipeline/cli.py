@@ -27,8 +27,9 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
-    """The end-of-build summary: requested, kept, rejected by reason, audio hours, wall time."""
+def summary_table(totals: dict[str, Any], wall_s: float, startup_s: dict[str, float] | None = None) -> Table:
+    """The end-of-build summary: requested, kept, rejected by reason, audio hours, wall time and the
+    seconds of each start-up phase."""
     table = Table(title="build summary", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -48,6 +49,11 @@ def summary_table(totals: dict[str, Any], wall_s: float) -> Table:
         diffs = f"{b['emotion_max_share_diff']:.3f} / {b['topic_max_share_diff']:.3f}"
         table.add_row("largest share difference kept vs requested: emotion / topic", diffs)
     table.add_row("wall time (this run)", f"{wall_s:.1f} s")
+    if startup_s:
+        names = {"llm_server": "LLM server", "codebook": "codebook", "calibration": "emotion calibration",
+                 "ray_start": "Ray start", "first_dialogue": "first dialogue"}  # fmt: skip
+        for phase, seconds in startup_s.items():
+            table.add_row(f"  start-up: {names.get(phase, phase)}", f"{seconds:.1f} s")
     return table
 
 
@@ -69,11 +75,15 @@ def build(
             help="Do not retry dialogues that failed transiently (outages) in earlier runs; they stay rejected.",
         ),
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show third-party output (Ray, llama.cpp, ...) instead of logging it.")
+    ] = False,
 ) -> None:
     """Build (or resume) a dataset from RECIPE into OUT."""
     from pipeline.build import BuildError
     from pipeline.build import build as run_build
     from pipeline.failfast import FailFastError
+    from pipeline.io.quiet import quiet_stderr
 
     progress = Progress(
         TextColumn("[bold]dialogues"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -84,21 +94,26 @@ def build(
     def on_progress(done: int, total: int, _dialogue: object) -> None:
         progress.update(task, completed=done, total=total)
 
-    try:
-        with progress:
-            result = run_build(recipe, out, num_dialogues, overwrite, ray_address, on_progress=on_progress,
-                               retry_transient=not no_retry_transient)  # fmt: skip
-    except RecipeError as err:
-        fail(str(err), EXIT_BAD_INPUT)
-    except BuildError as err:
-        fail(str(err), EXIT_BAD_INPUT)
-    except FailFastError as err:
-        fail(str(err), EXIT_FAILED)
-    except KeyboardInterrupt:
-        fail(f"interrupted; completed shards are kept, re-run the same command to resume into {out}", EXIT_INTERRUPTED)
-    except OSError as err:
-        fail(f"{err}; completed shards are kept, fix the cause and re-run the same command to resume", EXIT_FAILED)
-    Console().print(summary_table(result.totals, result.wall_s))
+    with quiet_stderr(not verbose) as (terminal, _log):
+        console.file = terminal  # ours to the terminal; Ray's and the libraries' output to the log
+        try:
+            with progress:
+                result = run_build(recipe, out, num_dialogues, overwrite, ray_address, on_progress=on_progress,
+                                   retry_transient=not no_retry_transient)  # fmt: skip
+        except RecipeError as err:
+            fail(str(err), EXIT_BAD_INPUT)
+        except BuildError as err:
+            fail(str(err), EXIT_BAD_INPUT)
+        except FailFastError as err:
+            fail(str(err), EXIT_FAILED)
+        except KeyboardInterrupt:
+            fail(f"interrupted; completed shards are kept, re-run the same command to resume into {out}",
+                 EXIT_INTERRUPTED)  # fmt: skip
+        except OSError as err:
+            fail(f"{err}; completed shards are kept, fix the cause and re-run the same command to resume", EXIT_FAILED)
+        finally:
+            console.file = None  # type: ignore[assignment]  # back to the current sys.stderr
+    Console().print(summary_table(result.totals, result.wall_s, result.startup_s))
     crashed = sum(n for reason, n in result.totals["rejected_by_reason"].items() if reason.endswith("_error"))
     if crashed:
         console.print(

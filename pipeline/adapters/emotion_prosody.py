@@ -80,6 +80,22 @@ class ProsodyEmotionClassifier:
         scale = np.maximum(residual.std(axis=0), 0.25)
         return cls(labels=proto_labels, prototypes=np.array(protos), scale=scale)
 
+    def to_bytes(self) -> bytes:
+        """The fitted classifier as .npz bytes (for the start-up cache)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, labels=np.array(self.labels), prototypes=self.prototypes, scale=self.scale)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProsodyEmotionClassifier:
+        """Read a classifier written by `to_bytes`."""
+        import io
+
+        with np.load(io.BytesIO(data)) as arrays:
+            return cls(labels=arrays["labels"].tolist(), prototypes=arrays["prototypes"], scale=arrays["scale"])
+
     def predict(self, features: np.ndarray) -> tuple[str, float]:
         """Return (emotion, score in [0, 1]) for one relative feature vector."""
         if not np.all(np.isfinite(features)):

@@ -79,19 +79,28 @@ class Codebook:
         dist = ((feats[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
         return dist.argmin(axis=1).astype(int).tolist()
 
+    def to_bytes(self) -> bytes:
+        """The codebook as .npz bytes."""
+        buf = io.BytesIO()
+        np.savez(buf, centroids=self.centroids, mean=self.mean, std=self.std)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Codebook:
+        """Read a codebook from `to_bytes` output."""
+        with np.load(io.BytesIO(blob)) as data:
+            return cls(centroids=data["centroids"], mean=data["mean"], std=data["std"])
+
     def save(self, path: Path) -> None:
         """Write the codebook as .npz (atomically)."""
         from pipeline.io.files import atomic_write_bytes
 
-        buf = io.BytesIO()
-        np.savez(buf, centroids=self.centroids, mean=self.mean, std=self.std)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: Path) -> Codebook:
         """Read a codebook written by `save`."""
-        with np.load(path) as data:
-            return cls(centroids=data["centroids"], mean=data["mean"], std=data["std"])
+        return cls.from_bytes(path.read_bytes())
 
 
 def fit_codebook(features: np.ndarray, size: int, seed: int, iterations: int = 25) -> Codebook:

@@ -12,6 +12,7 @@ from pipeline.adapters.base import Audio
 from pipeline.adapters.emotion_prosody import ProsodyEmotionClassifier, measure, relative_features
 from pipeline.adapters.tts_espeak import EspeakEngine
 from pipeline.catalogs import Catalogs, Speaker
+from pipeline.io import cache as start_cache
 from pipeline.io.audio import from_bytes
 from pipeline.recipe import GatesConfig
 from pipeline.records import EMOTIONS, INTENSITIES, Dialogue, Reject, Turn
@@ -72,27 +73,54 @@ def signal_failure(stats: dict[str, float], duration_s: float, cfg: GatesConfig)
     return None
 
 
+def calibration_speakers(catalogs: Catalogs, count: int = 4) -> list[Speaker]:
+    """The catalog speakers whose renderings calibrate the prosody emotion check (evenly spaced)."""
+    step = max(1, len(catalogs.speakers) // count)
+    return list(catalogs.speakers[::step][:count])
+
+
+def calibrate_emotion_check(catalogs: Catalogs, speakers: list[Speaker]) -> tuple[ProsodyEmotionClassifier, bool]:
+    """Fit the prosody classifier on calibration renderings, or load it from the user's start-up cache
+    (keyed by the sentences, voices, prosody table, engine versions and this code). Returns (classifier, hit)."""
+    styles = [(emotion, intensity) for emotion in EMOTIONS for intensity in INTENSITIES]
+    inputs = {
+        "sentences": CALIBRATION_SENTENCES,
+        "voices": [repr(speaker.voice) for speaker in speakers],
+        "prosody": [repr(catalogs.prosody(emotion, intensity)) for emotion, intensity in styles],
+        "versions": start_cache.versions("espeakng-loader", "praat-parselmouth", "numpy"),
+        "code": start_cache.source_digest(
+            "pipeline.stages.s4_gates", "pipeline.adapters.emotion_prosody", "pipeline.adapters.tts_espeak"
+        ),
+    }
+
+    def fit() -> bytes:
+        engine = EspeakEngine.instance()
+        feats, labels, groups = [], [], []
+        for speaker in speakers:
+            for sentence in CALIBRATION_SENTENCES:
+                neutral = measure(engine.synthesize(sentence, speaker.voice))
+                for emotion, intensity in styles:
+                    clip = engine.synthesize(sentence, speaker.voice, catalogs.prosody(emotion, intensity))
+                    feats.append(relative_features(measure(clip), neutral))
+                    labels.append(emotion)
+                    groups.append(f"{emotion}/{intensity}")
+        return ProsodyEmotionClassifier.fit(feats, labels, groups).to_bytes()
+
+    data, hit = start_cache.cached_bytes("emotion-prosody", inputs, fit)
+    return ProsodyEmotionClassifier.from_bytes(data), hit
+
+
 class EmotionCheck:
     """Embedded emotion check: prosody of a clip against the same speaker's neutral rendering."""
 
-    def __init__(self, catalogs: Catalogs, calibration_speakers: int = 4) -> None:
+    def __init__(self, catalogs: Catalogs, calibration_count: int = 4) -> None:
         self.catalogs = catalogs
         self.engine = EspeakEngine.instance()
-        feats, labels, groups = [], [], []
-        step = max(1, len(catalogs.speakers) // calibration_speakers)
-        chosen = catalogs.speakers[::step][:calibration_speakers]
-        self.calibration_speakers = [speaker.id for speaker in chosen]
+        chosen = calibration_speakers(catalogs, calibration_count)
         for speaker in chosen:
             assert isinstance(speaker, Speaker)
-            for sentence in CALIBRATION_SENTENCES:
-                neutral = measure(self.engine.synthesize(sentence, speaker.voice))
-                for emotion in EMOTIONS:
-                    for intensity in INTENSITIES:
-                        clip = self.engine.synthesize(sentence, speaker.voice, catalogs.prosody(emotion, intensity))
-                        feats.append(relative_features(measure(clip), neutral))
-                        labels.append(emotion)
-                        groups.append(f"{emotion}/{intensity}")
-        self.classifier = ProsodyEmotionClassifier.fit(feats, labels, groups)
+        self.calibration_speakers = [speaker.id for speaker in chosen]
+        self.classifier, _ = calibrate_emotion_check(catalogs, chosen)
 
     def check(self, clip: Audio, text: str, speaker_id: str) -> tuple[str, float]:
         """Predicted emotion and score of `clip`, a rendering of `text` by `speaker_id`."""

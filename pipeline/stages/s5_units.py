@@ -2,7 +2,8 @@
 
 The codebook is fitted once per output folder (`fit_dataset_codebook`, run by the driver before the
 pipeline) on calibration sentences rendered in the recipe's assistant voices, and stored as
-`units/codebook.npz` with its version id, so that units stay stable across shards and resumes.
+`units/codebook.npz` with its version id, so that units stay stable across shards and resumes. The
+fit depends only on those fixed inputs, so it is also kept in the user's start-up cache (io/cache.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from pipeline.adapters.tts_espeak import EspeakEngine
 from pipeline.adapters.units_kmeans import Codebook, fit_codebook, frame_features
 from pipeline.catalogs import Catalogs
+from pipeline.io import cache as start_cache
 from pipeline.io.audio import from_bytes
 from pipeline.recipe import Recipe
 from pipeline.records import Dialogue
@@ -32,14 +34,32 @@ def fit_dataset_codebook(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> C
     pool += [e["reply"] for e in catalogs.prompts.get("assistant", {}).get("examples", [])]
     rng = np.random.default_rng([recipe.seed, 5])
     picks = rng.choice(len(pool), size=min(recipe.units.calibration_sentences, len(pool)), replace=False)
-    engine = EspeakEngine.instance()
-    frames = [
-        frame_features(engine.synthesize(pool[i], voice.voice, catalogs.prosody(style, "low")))
-        for i in picks
-        for voice in catalogs.assistants
-        for style in ("neutral", "happy")
-    ]
-    codebook = fit_codebook(np.concatenate(frames), recipe.units.codebook_size, seed=recipe.seed)
+    sentences = [pool[i] for i in picks]
+    styles = ("neutral", "happy")
+    inputs = {  # everything the fit depends on: the same inputs on any run give the same codebook
+        "sentences": sentences,
+        "voices": [repr(voice.voice) for voice in catalogs.assistants],
+        "prosody": [repr(catalogs.prosody(style, "low")) for style in styles],
+        "size": recipe.units.codebook_size,
+        "seed": recipe.seed,
+        "versions": start_cache.versions("espeakng-loader", "numpy"),
+        "code": start_cache.source_digest(
+            "pipeline.stages.s5_units", "pipeline.adapters.units_kmeans", "pipeline.adapters.tts_espeak"
+        ),
+    }
+
+    def fit() -> bytes:
+        engine = EspeakEngine.instance()
+        frames = [
+            frame_features(engine.synthesize(sentence, voice.voice, catalogs.prosody(style, "low")))
+            for sentence in sentences
+            for voice in catalogs.assistants
+            for style in styles
+        ]
+        return fit_codebook(np.concatenate(frames), recipe.units.codebook_size, seed=recipe.seed).to_bytes()
+
+    data, _ = start_cache.cached_bytes("kmeans-codebook", inputs, fit)
+    codebook = Codebook.from_bytes(data)
     codebook.save(path)
     return codebook
 

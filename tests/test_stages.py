@@ -60,6 +60,7 @@ def test_scenarios_are_coherent_and_still_balanced(tmp_path: Path) -> None:
     assert set(Counter(sc.emotion for sc in scenarios).values()) == {n // len(EMOTIONS)}
     plausible = {(e, t.name) for t in cat.topics for e in EMOTIONS if t.situations_for(e)}
     assert {(sc.emotion, sc.topic) for sc in scenarios} == plausible
+    assert len(cat.personas) == 46  # no persona of the catalog is left without a fitting voice
     cells = Counter((p.gender, p.age_group) for p in cat.personas if p.gender != "nonbinary")
     assert all(len(cat.voices_for(next(p for p in cat.personas if (p.gender, p.age_group) == c))) >= 3 for c in cells)
 

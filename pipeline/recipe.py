@@ -261,6 +261,20 @@ class ASRConfig(_Strict):
     cpu_threads: int = Field(1, ge=1, description="Threads per ASR actor.")
 
 
+class AugmentConfig(_Strict):
+    """Acoustic conditions added to user clips after the audio gates measured the clean clip
+    (pipeline/adapters/augment_acoustic.py); each turn stores what it got."""
+
+    enabled: bool = Field(False, description="Add room reverberation and background noise to user clips.")
+    share: float = Field(1.0, ge=0, le=1, description="Share of user turns that get acoustic conditions.")
+    noise: list[Literal["white", "pink", "brown"]] = Field(
+        ["pink", "brown", "white"], min_length=1, description="Noise colours to draw from."
+    )
+    snr_db: tuple[float, float] = Field((10.0, 25.0), description="SNR range in dB, drawn uniformly.")
+    reverb_share: float = Field(0.5, ge=0, le=1, description="Share of augmented turns that are also reverberated.")
+    rt60_s: tuple[float, float] = Field((0.2, 0.7), description="RT60 range in seconds, drawn uniformly.")
+
+
 class GatesConfig(_Strict):
     """Audio gates: what makes a rendered turn good enough to keep."""
 
@@ -311,6 +325,7 @@ class Recipe(_Strict):
     tts: TTSConfig = Field(TTSConfig(), description="Speech synthesis.")
     asr: ASRConfig = Field(ASRConfig(), description="Speech recognition.")
     gates: GatesConfig = Field(GatesConfig(), description="Audio gates.")
+    augment: AugmentConfig = Field(AugmentConfig(), description="Acoustic conditions of user clips (off by default).")
     units: UnitsConfig = Field(UnitsConfig(), description="Speech units.")
     resources: Resources = Field(Resources(), description="Ray resources per stage.")
     fail_fast: FailFastConfig = Field(FailFastConfig(), description="Stop a build whose stage fails on every item.")

@@ -78,6 +78,10 @@ class Turn:
     accent: str = ""
     f0_median_hz: float | None = None
     speaking_rate_wps: float | None = None  # words per second of clip
+    # acoustic conditions added after the gates (recipe `augment`): "" / None when the clip is clean
+    aug_noise: str = ""
+    aug_snr_db: float | None = None
+    aug_rt60_s: float | None = None
 
 
 @dataclass

@@ -72,6 +72,9 @@ _TURN = {
     "accent": "string",
     "f0_median_hz": "float32",
     "speaking_rate_wps": "float32",
+    "aug_noise": "string",
+    "aug_snr_db": "float32",
+    "aug_rt60_s": "float32",
 }
 ROW = {
     "id": "string",

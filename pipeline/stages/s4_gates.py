@@ -13,8 +13,8 @@ from pipeline.adapters.emotion_prosody import ProsodyEmotionClassifier, measure,
 from pipeline.adapters.tts_espeak import EspeakEngine
 from pipeline.catalogs import Catalogs, Speaker
 from pipeline.io import cache as start_cache
-from pipeline.io.audio import from_bytes
-from pipeline.recipe import GatesConfig
+from pipeline.io.audio import from_bytes, to_flac
+from pipeline.recipe import AugmentConfig, GatesConfig
 from pipeline.records import EMOTIONS, INTENSITIES, Dialogue, Reject, Turn
 from pipeline.stages.base import Stage
 from pipeline.textnorm import word_error_rate
@@ -145,6 +145,20 @@ class Emotion2VecCheck:
         return prediction.emotion, prediction.score
 
 
+def add_conditions(turn: Turn, cfg: AugmentConfig, rng: np.random.Generator) -> None:
+    """Give a gated user clip sampled acoustic conditions (noise at an SNR, maybe reverberation) and
+    record them on the turn; the labels and gate measurements stay those of the clean clip."""
+    from pipeline.adapters.augment_acoustic import Conditions, apply
+
+    if rng.random() >= cfg.share:
+        return
+    rt60 = round(float(rng.uniform(*cfg.rt60_s)), 3) if rng.random() < cfg.reverb_share else None
+    conditions = Conditions(str(rng.choice(cfg.noise)), round(float(rng.uniform(*cfg.snr_db)), 2), rt60)
+    audio = apply(from_bytes(turn.audio), conditions, rng)
+    turn.audio = to_flac(audio)
+    turn.aug_noise, turn.aug_snr_db, turn.aug_rt60_s = conditions.noise, conditions.snr_db, conditions.rt60_s
+
+
 class AudioGates(Stage):
     """Runs ASR and the emotion check and drops turns that fail a gate."""
 
@@ -213,4 +227,10 @@ class AudioGates(Stage):
             if not dialogue.turns:
                 dialogue.reject = failure
             break
+        augment = self.ctx.recipe.augment
+        if augment.enabled:
+            rng = np.random.default_rng([dialogue.seed, dialogue.index, 9])
+            for turn in dialogue.turns:
+                if turn.role == "user":
+                    add_conditions(turn, augment, rng)
         return dialogue

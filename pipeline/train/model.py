@@ -43,11 +43,19 @@ class ConvAdapter(nn.Module):
             lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
         return lengths
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, in_dim] -> [B, T / 2^layers, out_dim]."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, in_dim] -> [B, T / 2^layers, out_dim].
+
+        With `lengths`, positions past each sequence's end are zeroed between the layers, so a padded
+        sequence gives the same output as on its own (upstream's Subsampler lets the padding's conv
+        outputs leak into the next layer's last valid positions; the weights are the same either way).
+        """
         x = x.transpose(1, 2)
         for conv in self.convs:
             x = nn.functional.glu(conv(x), dim=1)
+            if lengths is not None:
+                lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+                x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None])[:, None, :]
         x = x.transpose(1, 2)
         return self.norm(x + self.fc2(nn.functional.gelu(self.fc1(x))))
 
@@ -183,7 +191,7 @@ class S2SModel(nn.Module):
         seqs = [torch.cat(parts) for parts in per_clip]
         lengths = torch.tensor([len(s) for s in seqs], device=features.device)
         padded = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        adapted = self.adapter(padded)
+        adapted = self.adapter(padded, lengths)
         return [adapted[i, :length] for i, length in enumerate(self.adapter.out_lengths(lengths).tolist())]
 
     def embed_inputs(

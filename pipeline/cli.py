@@ -307,7 +307,7 @@ def train(
         try:
             estimate = plan_for_cli(config, init_from, paths, trainable, gpus, batch_size, seq_len,
                                     grad_checkpointing, gpu_memory_gb)  # fmt: skip
-            Console().print(estimate.render(), highlight=False)
+            sys.stdout.write(estimate.render() + "\n")
             check_plan(estimate)
         except PlanError as err:
             fail(str(err), EXIT_BAD_INPUT)

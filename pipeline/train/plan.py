@@ -75,6 +75,7 @@ QWEN3_17B_TTS = {
 QWEN2_AUDIO_ENCODER = {
     "d_model": 1280,
     "encoder_layers": 32,
+    "encoder_attention_heads": 20,
     "encoder_ffn_dim": 5120,
     "num_mel_bins": 128,
     "max_source_positions": 1500,
@@ -156,9 +157,9 @@ class Plan:
             + ", ".join(f"{k} {v / 1e9:.3f} B" for k, v in self.params.items())
             + f"; trainable {self.trainable / 1e9:.3f} B",
         ]
-        lines += [f"  {name:<34} {gib:8.2f} GiB" for name, gib in self.parts.items()]
+        lines += [f"  {name:<42} {gib:8.2f} GiB" for name, gib in self.parts.items()]
         verdict = "fits" if self.fits else "DOES NOT FIT"
-        lines.append(f"  {'total per GPU':<34} {self.total_gib:8.2f} GiB  ({verdict} in {self.gpu_memory_gib:g} GiB)")
+        lines.append(f"  {'total per GPU':<42} {self.total_gib:8.2f} GiB  ({verdict} in {self.gpu_memory_gib:g} GiB)")
         return "\n".join(lines)
 
 
@@ -260,9 +261,9 @@ def make_plan(
     trainable = p_adapt + (p_llm + p_tts if regime == "adapters-llm-tts" else 0)
     gib = 1 / GIB
     parts = {
-        "fp32 weights (sharded)": 4 * total / gpus * gib,
-        "fp32 gradients (sharded)": 4 * trainable / gpus * gib,
-        "AdamW moments (sharded)": 8 * trainable / gpus * gib,
+        f"fp32 weights (/ {gpus} GPUs)": 4 * total / gpus * gib,
+        f"fp32 gradients of trainables (/ {gpus})": 4 * trainable / gpus * gib,
+        f"AdamW moments (/ {gpus})": 8 * trainable / gpus * gib,
     }
     if gpus > 1:
         root = embed_llm + embed_tts + outside_enc + p_adapt

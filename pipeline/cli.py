@@ -156,8 +156,11 @@ def check(
     from pipeline.build import BuildError
     from pipeline.preflight import run_check
 
+    def on_stage(r: Any) -> None:
+        console.print(f"{r.stage}: {r.outcome} (load {r.load_s:.1f} s, {r.item_s:.2f} s/item)", highlight=False)
+
     try:
-        result = run_check(recipe, ray_address)
+        result = run_check(recipe, ray_address, on_stage=on_stage)
     except (RecipeError, BuildError) as err:
         fail(str(err), EXIT_BAD_INPUT)
     table = Table(title=f"check {result.recipe.name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pipeline"]
+# The tests' builds share one start-up cache (codebooks, emotion calibration; pipeline/io/cache.py),
+# not the user's own; entries are keyed by their exact inputs, so sharing it across sessions is safe.
+os.environ.setdefault("OPENS2S_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"opens2s-test-cache-{os.getuid()}"))
 
 
 def write_recipe(folder: Path, name: str = "tiny", **overrides: object) -> Path:

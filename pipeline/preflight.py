@@ -31,14 +31,36 @@ from pipeline.stages.base import BuildContext, RayStage, to_batch
 from pipeline.stages.s1_scenarios import ScenarioSampler
 from pipeline.stages.s2_dialogue import WrittenTurn, add_turns
 
-# Packages whose versions shape each stage's output (those installed in the stage's interpreter are shown).
-STAGE_PACKAGES = {
-    "scenarios": ("numpy",),
-    "dialogue": ("openai", "llama_cpp_python", "vllm", "sentence-transformers"),
-    "tts": ("espeakng-loader", "torch", "torchaudio"),
-    "gates": ("faster-whisper", "ctranslate2", "funasr", "praat-parselmouth", "jiwer"),
-    "units": ("numpy", "transformers", "torch"),
+# Packages whose versions shape a stage's output, by the backend the recipe chose (those installed in
+# the stage's interpreter are shown).
+_PACKAGES = {
+    ("llm", "embedded"): ("openai", "xllamacpp"),
+    ("llm", "openai"): ("openai",),
+    ("llm", "ray-vllm"): ("vllm", "ray"),
+    ("tts", "espeak"): ("espeakng-loader",),
+    ("tts", "cosyvoice2"): ("torch", "torchaudio", "transformers"),
+    ("asr", "faster-whisper"): ("faster-whisper", "ctranslate2", "jiwer"),
+    ("asr", "funasr"): ("funasr", "torch", "jiwer"),
+    ("emotion", "prosody"): ("praat-parselmouth",),
+    ("emotion", "emotion2vec"): ("funasr",),
+    ("units", "kmeans"): ("numpy",),
+    ("units", "glm4voice"): ("transformers", "torch"),
 }
+
+
+def stage_packages(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """The distributions whose versions matter for `stage` under this recipe."""
+    chosen = {
+        "scenarios": [],
+        "dialogue": [("llm", recipe.llm.backend)],
+        "tts": [("tts", recipe.tts.backend)],
+        "gates": [("asr", recipe.asr.backend)]
+        + ([("emotion", recipe.gates.emotion_backend)] if recipe.gates.emotion_check else []),
+        "units": [("units", recipe.units.backend)],
+    }[stage]
+    return tuple(dict.fromkeys(name for key in chosen for name in _PACKAGES[key]))
+
+
 _MODEL_FIELD = {"dialogue": "llm_model", "tts": "tts_backend", "gates": "asr_backend", "units": "units_codebook"}
 
 
@@ -74,16 +96,18 @@ class CheckResult:
 class StageProbe:
     """A Ray actor around one stage: times its set-up and each item, and reports its environment."""
 
-    def __init__(self, factory: Callable[[], Callable[[dict[str, Any]], dict[str, Any]]], stage: str) -> None:
+    def __init__(
+        self, factory: Callable[[], Callable[[dict[str, Any]], dict[str, Any]]], packages: tuple[str, ...]
+    ) -> None:
         started = time.perf_counter()
         self.runner = factory()
         self.load_s = time.perf_counter() - started
-        self.stage = stage
+        self.packages = packages
 
     def info(self) -> dict[str, Any]:
         """Load seconds, set-up error (if any), interpreter and installed package versions."""
         versions = {}
-        for name in STAGE_PACKAGES.get(self.stage, ()):
+        for name in self.packages:
             try:
                 versions[name] = metadata.version(name)
             except metadata.PackageNotFoundError:
@@ -172,7 +196,8 @@ def run_check(
                     if cls is ScenarioSampler
                     else functools.partial(RayStage, cls, ctx)
                 )
-                actors.append(ray.remote(StageProbe).options(**remote).remote(factory, name))  # type: ignore[attr-defined]
+                probe = ray.remote(StageProbe).options(**remote)  # type: ignore[attr-defined]
+                actors.append(probe.remote(factory, stage_packages(recipe, name)))
             try:
                 _probe_stages(ctx, flow, actors, reports, _short_scenarios(ctx, items), on_stage)
             finally:

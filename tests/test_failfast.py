@@ -76,3 +76,33 @@ def test_corrupt_asr_model_stops_the_build_and_the_fix_resumes(tmp_path: Path, l
     assert problems == [] and counts["kept"] + counts["rejected"] == 3
     reasons = json.loads((out / "manifest.json").read_text())["counts"]["rejected_by_reason"]
     assert not [r for r in reasons if r.endswith("_error")], reasons
+
+
+def test_verify_fails_an_empty_dataset_and_warns_on_a_dominant_reason(tmp_path: Path) -> None:
+    """A build that ran to the end with every dialogue rejected by one stage error: exit 0 before,
+    now `verify` reports it as a problem and names the dominant reason."""
+    from pipeline.catalogs import load_catalogs
+    from pipeline.io.shards import OutputFolder
+    from pipeline.stages.base import BuildContext
+    from pipeline.stages.s1_scenarios import ScenarioSampler
+    from pipeline.verify import dominant_reject_warnings
+
+    recipe = load_recipe(write_recipe(tmp_path, num_dialogues=4, shard_size=2))
+    out = OutputFolder(tmp_path / "out", recipe)
+    out.prepare(overwrite=False)
+    sampler = ScenarioSampler(BuildContext(recipe=recipe, catalogs=load_catalogs(recipe), out_dir=out.root))
+    for shard in range(recipe.num_shards):
+        dialogues = [sampler.new(i) for i in out.shard_indices(shard)]
+        for d in dialogues:
+            d.reject = Reject(stage="tts", reason="tts_error", detail="RuntimeError: voice missing")
+        out.write_shard(shard, dialogues, 0.1)
+    out.write_manifest({"recipe": recipe.model_dump(mode="json"), "recipe_hash": recipe.fingerprint(),
+                        "seed": recipe.seed, "num_dialogues": 4, "num_shards": 2, "status": "complete",
+                        "counts": out.totals()})  # fmt: skip
+    problems, counts = verify(out.root)
+    assert counts["kept"] == 0
+    assert problems == [
+        "no dialogue was kept: all 4 were rejected (most common reason: tts_error); the dataset is empty"
+    ]
+    warnings = dominant_reject_warnings(out.root)
+    assert len(warnings) == 1 and warnings[0].startswith("4 of 4 requested dialogues were rejected for tts_error")

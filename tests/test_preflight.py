@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_check_demo_tries_every_stage() -> None:
-    result = run_cli("check", "manifests/demo.yaml", timeout=300)
+    result = run_cli("check", "manifests/demo.yaml", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
     for stage in ("scenarios", "dialogue", "tts", "gates", "units"):

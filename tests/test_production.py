@@ -79,12 +79,14 @@ def test_production_speakers_are_checked_on_load(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_cosyvoice2_renders_with_instruct() -> None:
-    from pipeline.adapters.tts_cosyvoice import CosyVoiceTTS
+    from pipeline.adapters.tts_cosyvoice import CosyVoiceTTS, emotion_instruction
 
     tts = CosyVoiceTTS(_gpu_path("COSYVOICE_REPO"), _gpu_path("COSYVOICE_MODEL_DIR"))
+    assert tts.prompt_kind in ("path", "tensor16k")  # the installed checkout's contract was recognised
     prompt = Path(_gpu_path("COSYVOICE_PROMPT_WAV"))
-    audio = tts.synthesize("I cannot believe this happened today.", "Speak sadly, slowly and softly.", prompt)
-    assert audio.sample_rate == 24000 and audio.duration_s > 1.0
+    audio = tts.synthesize("I cannot believe this happened today.", emotion_instruction("sad", "high"), prompt)
+    assert audio.sample_rate == 24000 and 1.0 < audio.duration_s < 8.0  # the instruction was not read out too
+    assert float(abs(audio.samples).max()) > 0.05
 
 
 @pytest.mark.gpu
@@ -95,8 +97,24 @@ def test_funasr_transcribes_and_emotion2vec_classifies() -> None:
     audio = EspeakEngine.instance().synthesize("Hello there, how are you today?", Voice("en-us"))
     text = FunASRTranscriber(_gpu_path("FUNASR_ASR_DIR")).transcribe(audio).text
     assert "how are you" in text.lower()
-    prediction = Emotion2Vec(_gpu_path("EMOTION2VEC_DIR")).classify(audio)
-    assert 0.0 <= prediction.score <= 1.0
+    model = Emotion2Vec(_gpu_path("EMOTION2VEC_DIR"))
+    assert set(model.labels.values()) >= {"neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted"}
+    prediction = model.classify(audio)
+    assert prediction.emotion in model.labels.values() and 0.0 < prediction.score <= 1.0
+
+
+@pytest.mark.gpu
+def test_glm4voice_units_come_at_12_5_per_second() -> None:
+    from pipeline.adapters.tts_espeak import EspeakEngine, Voice
+    from pipeline.adapters.units_glm4voice import CODEBOOK_SIZE, GLM4VoiceUnits
+
+    units = GLM4VoiceUnits(_gpu_path("GLM4VOICE_REPO"), _gpu_path("GLM4VOICE_TOKENIZER_DIR"))
+    audio = EspeakEngine.instance().synthesize(
+        "I am so sorry to hear that, let us sort it out together.", Voice("en-us")
+    )
+    codes = units.encode(audio)
+    assert abs(len(codes) / audio.duration_s - 12.5) < 1.0 and all(0 <= c < CODEBOOK_SIZE for c in codes)
+    assert len(set(codes)) > 5  # real speech gives varied units, not one code
 
 
 def _ray_vllm_ctx(tmp_path: Path, **llm: object) -> object:

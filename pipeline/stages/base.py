@@ -85,11 +85,11 @@ class RayStage:
         # A backend that cannot load (a corrupt model folder, a wrong upstream version) fails every
         # item with the load error, so the driver's fail-fast check stops the build with that message
         # (an exception here would make Ray retry the actor or end with an opaque traceback).
-        self.setup_error = ""
+        self.setup_error, self.setup_kind = "", "permanent"
         try:
             self.stage.setup()
         except Exception as err:  # noqa: BLE001 - reported on every item instead
-            self.setup_error = f"setup failed: {type(err).__name__}: {err}"[:500]
+            self.setup_error, self.setup_kind = f"setup failed: {type(err).__name__}: {err}"[:500], classify(err)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run the stage over a batch of pickled dialogues, noting the node and interpreter it ran on."""
@@ -98,7 +98,9 @@ class RayStage:
             for dialogue in dialogues:
                 if dialogue.kept:
                     name = self.stage.name
-                    dialogue.reject = Reject(stage=name, reason=f"{name}_error", detail=self.setup_error)
+                    dialogue.reject = Reject(
+                        stage=name, reason=f"{name}_error", detail=self.setup_error, kind=self.setup_kind
+                    )
         else:
             dialogues = self.stage.run_batch(dialogues)
         for dialogue in dialogues:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from pipeline.recipe import LLMConfig, load_recipe
 from pipeline.records import Dialogue, Reject, dialogue_id
 from pipeline.stages.base import BuildContext, Stage
 from pipeline.stages.s1_scenarios import ScenarioSampler
-from pipeline.stages.s2_dialogue import add_turns, request_seed
+from pipeline.stages.s2_dialogue import DialogueWriter, add_turns, request_seed
 
 # --- the classifier -------------------------------------------------------------------------------
 
@@ -179,6 +181,52 @@ def test_merge_is_exact_and_survives_a_crash(tmp_path: Path, monkeypatch: pytest
     assert out.pending_shards() == [] and out.todo(0) == []
     assert _files(out) == _files(reference)
     assert json.loads((out.root / "stats" / "shard-00000.json").read_text())["wall_s"] == 3.0
+
+
+class _BadRequest(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"error": {"message": "the prompt is too long"}}'
+        self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_dialogue_writer_classifies_request_failures(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BadRequest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    outcomes = []
+    try:
+        for port, budget in (
+            (server.server_address[1], 5.0),
+            (refused.getsockname()[1], 0.0),
+            (refused.getsockname()[1], 0.6),
+        ):
+            url = f"http://127.0.0.1:{port}/v1"
+            recipe, (dialogue,) = _dialogues(
+                tmp_path, 1, llm={"backend": "openai", "base_url": url, "request_retries": 0, "cache_requests": False},
+                reliability={"outage_budget_s": budget, "probe_max_interval_s": 0.2},
+            )  # fmt: skip
+            writer = DialogueWriter(BuildContext(recipe, load_catalogs(recipe), tmp_path, url))
+            writer.setup()
+            reject = writer.run(dialogue).reject
+            assert reject is not None
+            outcomes.append((reject.reason, reject.kind))
+    finally:
+        server.shutdown()
+        refused.close()
+    assert outcomes == [
+        ("llm_request_failed", PERMANENT),  # the server answered: 400 is about the request, not an outage
+        ("llm_request_failed", TRANSIENT),  # refused, no outage wait
+        ("llm_endpoint_down", TRANSIENT),  # refused for longer than reliability.outage_budget_s
+    ]
 
 
 # --- the LLM client's outage wait -----------------------------------------------------------------

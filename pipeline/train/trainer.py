@@ -223,7 +223,40 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(f"{line}\n" for line in lines))
 
 
-def _to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+def optimizer_step(
+    model: S2SModel,
+    micro: list[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    options: TrainOptions,
+    dist_state: distributed.Dist,
+) -> tuple[float, float]:
+    """One optimizer step over this rank's micro-batches; returns the step's global mean text and unit loss.
+
+    Each micro-batch's summed losses are divided by the step's token counts over all micro-batches and
+    ranks, so the gradient is the one of the whole global batch (FSDP2 averages over ranks: hence x world).
+    """
+    local = [_counts(b) for b in micro]
+    text_n, unit_n = dist_state.sum([sum(c[0] for c in local), sum(c[1] for c in local)])
+    sums = [0.0, 0.0]
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(micro):
+        if dist_state.sharded:
+            model.set_requires_gradient_sync(i == len(micro) - 1)
+        with _autocast(options, dist_state):
+            losses = model(batch)
+        objective = losses.text_sum / max(text_n, 1) + losses.unit_sum / max(unit_n, 1)
+        (objective * dist_state.world).backward()
+        sums[0] += losses.text_sum.item()
+        sums[1] += losses.unit_sum.item()
+    torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+    optimizer.step()
+    text_sum, unit_sum = dist_state.sum(sums)
+    return text_sum / max(text_n, 1), unit_sum / max(unit_n, 1)
+
+
+def to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    """The batch with its tensors on `device`."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -268,7 +301,7 @@ def evaluate(
             batch = batch if batch is not None else last if last is not None else next(stream(0, 1))
             last = batch
             with _autocast(options, dist_state):
-                losses = model(_to_device(batch, dist_state.device))
+                losses = model(to_device(batch, dist_state.device))
             if counted:
                 parts = [losses.text_sum.item(), losses.text_count, losses.unit_sum.item(), losses.unit_count]
                 sums = [a + b for a, b in zip(sums, parts, strict=True)]
@@ -425,27 +458,11 @@ def _run(
         }
 
     while step < options.steps:
-        micro = [_to_device(next(batches), dist_state.device) for _ in range(options.grad_accum)]
-        local = [_counts(b) for b in micro]
-        text_n, unit_n = dist_state.sum([sum(c[0] for c in local), sum(c[1] for c in local)])
-        sums = [0.0, 0.0]
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(micro):
-            if dist_state.sharded:
-                model.set_requires_gradient_sync(i == len(micro) - 1)
-            with _autocast(options, dist_state):
-                losses = model(batch)
-            objective = losses.text_sum / max(text_n, 1) + losses.unit_sum / max(unit_n, 1)
-            (objective * dist_state.world).backward()  # FSDP2 averages gradients over ranks; this makes it a sum
-            sums[0] += losses.text_sum.item()
-            sums[1] += losses.unit_sum.item()
-        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-        optimizer.step()
+        micro = [to_device(next(batches), dist_state.device) for _ in range(options.grad_accum)]
+        window.append(optimizer_step(model, micro, optimizer, params, options, dist_state))
         schedule.step()
         step += 1
         rows += global_batch
-        text_sum, unit_sum = dist_state.sum(sums)
-        window.append((text_sum / max(text_n, 1), unit_sum / max(unit_n, 1)))
         seen += global_batch
         tokens += int(sum(int(b["attention_mask"].sum()) for b in micro))
         with ids_path.open("a") as f:

@@ -50,8 +50,12 @@ def test_build_through_20_percent_faults_accounts_for_every_dialogue(tmp_path: P
             num_dialogues=4,
             shard_size=2,
             llm={"backend": "openai", "base_url": proxy.url, "timeout_s": 3.0},
+            reliability={"outage_budget_s": 10.0},
         )
         result = run_cli("build", str(recipe), "--out", str(tmp_path / "out"))
+        if result.returncode == 1 and "failed transiently" in result.stderr:
+            # a request whose faults outlasted every retry is a transient reject: the resume retries it
+            result = run_cli("build", str(recipe), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert sum(n for fault, n in proxy.counts.items() if fault != "none") >= 1, proxy.counts
     _accounted(tmp_path / "out", 4)

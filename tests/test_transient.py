@@ -335,6 +335,9 @@ def test_outage_is_retried_on_resume_and_nothing_else(tmp_path: Path, llm_url: s
         assert second.returncode == 0, second.stderr[-2000:]
         assert f"retried {len(transient)} dialogue(s)" in second.stderr
         resent, resent_seeds = proxy.arrived[before:], {_seed_of(body) for body in proxy.bodies[before:]}
+    print(f"outage: run 1 left {len(transient)} transient reject(s) {sorted(transient)}, {len(untouched)} untouched; "
+          f"{proxy.counts['refused']} connection(s) refused; run 2 sent {len(resent)} request(s), "
+          f"{len(answered & set(resent))} of them answered before")  # fmt: skip
     assert resent and not answered & set(resent), "a finished request was sent again"
     indices = {int(i.rsplit("-", 1)[1]) for i in transient}
     assert resent_seeds <= set().union(*(_seeds(3, i) for i in indices))  # only the transient dialogues ran

@@ -189,6 +189,9 @@ def run_check(
             # All actors start at once (as in the build), so model loading overlaps the LLM's work.
             actors = []
             for name, cls in flow:
+                if name == "dialogue" and recipe.llm.backend == "ray-vllm":
+                    actors.append(None)  # its vLLM engines are started by ray.data.llm (_vllm_dialogues)
+                    continue
                 options = _stage_options(recipe, name)
                 remote = {k: options[k] for k in ("num_cpus", "num_gpus", "runtime_env") if k in options}
                 factory: Any = (
@@ -202,7 +205,8 @@ def run_check(
                 _probe_stages(ctx, flow, actors, reports, _short_scenarios(ctx, items), on_stage)
             finally:
                 for actor in actors:
-                    ray.kill(actor)
+                    if actor is not None:
+                        ray.kill(actor)
     result = CheckResult(recipe=recipe, stages=reports)
     # The probe dialogues have the fewest exchanges; the build's average dialogue has more.
     longer = (recipe.scenarios.min_exchanges + recipe.scenarios.max_exchanges) / 2 / recipe.scenarios.min_exchanges
@@ -232,18 +236,23 @@ def _probe_stages(
     """Push the scenarios through the stages in flow order, filling each stage's report."""
     import ray
 
-    batches: list[dict[str, Any]] = [{"index": [i]} for i in indices]
+    # All items go to a stage as one batch, as in the build (a dialogue actor writes them concurrently
+    # up to llm.max_concurrency); seconds per item = the batch's seconds / items.
+    batch: dict[str, Any] = {"index": indices}
     note = ""
     for report, (name, _), actor in zip(reports, flow, actors, strict=True):
         report.backend = stage_backend(ctx.recipe, name)
-        if name == "dialogue" and ctx.recipe.llm.backend == "ray-vllm":
-            report.outcome = "not probed: ray-vllm engines start inside the build's Ray Data pipeline"
-            return
-        info = ray.get(actor.info.remote())
-        report.load_s, report.interpreter, report.versions = info["load_s"], info["python"], info["versions"]
-        results = [ray.get(actor.run.remote(batch)) for batch in batches]
-        dialogues = [pickle.loads(blob) for out, _ in results for blob in out["record"]]
-        report.item_s = sum(seconds for _, seconds in results) / max(len(results), 1)
+        if actor is None:  # ray-vllm: engine start-up and the items are timed together
+            dialogues, seconds = _vllm_dialogues(ctx, batch)
+            info = {"setup_error": "", "python": "ray.data.llm vLLM engines", "versions": {}}
+            report.interpreter, report.item_s = info["python"], seconds / len(indices)
+            report.versions = {"vllm": metadata.version("vllm")}
+        else:
+            info = ray.get(actor.info.remote())
+            report.load_s, report.interpreter, report.versions = info["load_s"], info["python"], info["versions"]
+            out, seconds = ray.get(actor.run.remote(batch))
+            dialogues = [pickle.loads(blob) for blob in out["record"]]
+            report.item_s = seconds / max(len(dialogues), 1)
         model = _MODEL_FIELD.get(name)
         names = sorted({getattr(d, model) for d in dialogues if model and getattr(d, model)})
         report.backend += f" [{', '.join(names)}]" if names else ""
@@ -259,4 +268,20 @@ def _probe_stages(
             report.outcome += "; nothing left for the next stage"
             report.ok = False
             return
-        batches = [to_batch([d]) for d in dialogues]
+        batch = to_batch(dialogues)
+
+
+def _vllm_dialogues(ctx: BuildContext, batch: dict[str, Any]) -> tuple[list[Dialogue], float]:
+    """The dialogue stage of a ray-vllm recipe on the probe rows (as the build runs it); returns the
+    dialogues and the seconds it took, vLLM engine start-up included."""
+    import ray
+
+    from pipeline.adapters.llm_ray_vllm import ray_vllm_dialogues
+
+    started = time.perf_counter()
+    rows = [
+        {"id": i, "shard": int(k), "record": r}
+        for i, k, r in zip(batch["id"], batch["shard"], batch["record"], strict=True)
+    ]
+    out = ray_vllm_dialogues(ray.data.from_items(rows), ctx).take_all()
+    return [pickle.loads(row["record"]) for row in out], time.perf_counter() - started

@@ -57,7 +57,7 @@ def test_corrupt_asr_model_stops_the_build_and_the_fix_resumes(tmp_path: Path, l
     shutil.copytree(default_model_dir(), asr)
     (asr / "model.bin").write_bytes(b"\0" * 4096)
     recipe = write_recipe(
-        tmp_path, num_dialogues=3, shard_size=1, fail_fast={"first_items": 2}, gates={"max_wer": 0.6},
+        tmp_path, num_dialogues=2, shard_size=1, fail_fast={"first_items": 2}, gates={"max_wer": 0.6},
         asr={"model_path": str(asr)}, llm={"backend": "openai", "base_url": llm_url},
     )  # fmt: skip
     out = tmp_path / "out"
@@ -73,7 +73,7 @@ def test_corrupt_asr_model_stops_the_build_and_the_fix_resumes(tmp_path: Path, l
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert "resumed" in fixed.stderr
     problems, counts = verify(out)
-    assert problems == [] and counts["kept"] + counts["rejected"] == 3
+    assert problems == [] and counts["kept"] + counts["rejected"] == 2
     reasons = json.loads((out / "manifest.json").read_text())["counts"]["rejected_by_reason"]
     assert not [r for r in reasons if r.endswith("_error")], reasons
 

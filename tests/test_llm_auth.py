@@ -32,7 +32,7 @@ def test_probe_sends_the_key_and_names_a_rejection(keyed_url: str) -> None:
 
 def _recipe(tmp_path: Path, url: str) -> Path:
     llm = {"backend": "openai", "base_url": url, "api_key_env": "OPENS2S_KEYED_TEST"}
-    return write_recipe(tmp_path, num_dialogues=2, shard_size=1, text_only=True, llm=llm)
+    return write_recipe(tmp_path, num_dialogues=1, shard_size=1, text_only=True, llm=llm)
 
 
 def test_build_against_a_keyed_server(tmp_path: Path, keyed_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,5 +48,5 @@ def test_build_against_a_keyed_server(tmp_path: Path, keyed_url: str, monkeypatc
     right = run_cli("build", str(recipe), "--out", str(out))
     assert right.returncode == 0, right.stderr[-2000:]
     problems, counts = verify(out)
-    assert problems == [] and counts["requested"] == 2 and counts["kept"] + counts["rejected"] == 2
+    assert problems == [] and counts["requested"] == 1 and counts["kept"] + counts["rejected"] == 1
     assert os.environ["OPENS2S_KEYED_TEST"] not in (out / "manifest.json").read_text()

@@ -35,7 +35,7 @@ def test_units_stage_runs_in_a_second_venv(tmp_path: Path, llm_url: str) -> None
                            capture_output=True, text=True)  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-1000:]
     recipe = write_recipe(
-        tmp_path, num_dialogues=2, shard_size=2, gates={"max_wer": 0.6},
+        tmp_path, num_dialogues=1, shard_size=1, gates={"max_wer": 0.6},
         llm={"backend": "openai", "base_url": llm_url},
         resources={"units": {"num_cpus": 0.3, "runtime_env": {"py_executable": str(python),
                                                                 "env_vars": {"OPENS2S_STAGE_ENV": "units"}}}},

@@ -12,7 +12,10 @@ gate (measured afterwards, whatever the build's gates were), and the yield. From
 per-attempt pass share of each candidate emotion margin with the expected turn yield after the
 demo's retries, and the similarity of turns to their own versus an unrelated situation.
 
-    python bench/bench_coherence.py [--dialogues 48] [--seed 7] [--out out/bench-coherence] [--reuse]
+    python bench/bench_coherence.py [--dialogues 48] [--seed 7] [--out out/bench-coherence] [--variants raw ...]
+
+Builds run in parallel; a folder holding an unfinished build of the same recipe resumes, a finished
+one is reused (`--variants` with no name only prints the tables).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +70,7 @@ def main() -> None:
     parser.add_argument("--dialogues", type=int, default=48)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench-coherence")
-    parser.add_argument("--reuse", action="store_true", help="Reuse finished builds in --out.")
+    parser.add_argument("--variants", nargs="*", default=["before", "raw", "after"], help="Builds to run now.")
     args = parser.parse_args()
     old = args.out / "before-inputs"
     old.mkdir(parents=True, exist_ok=True)
@@ -83,15 +87,22 @@ def main() -> None:
         "raw": {"text_gates": OFF},
         "after": {},
     }  # fmt: skip
+
+    def build(name: str) -> None:  # a folder with an unfinished run of the same recipe resumes
+        recipe = demo_variant(args.out / f"{name}.yaml", name=f"coherence-{name}", **common, **variants[name])
+        manifest = run_build(recipe, args.out / name)
+        print(f"{name}: built in {manifest['wall_s']:.0f} s", flush=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(args.variants))) as pool:  # in parallel: each is LLM-bound
+        list(pool.map(build, args.variants))
     turns, counts = {}, {}
-    for name, changes in variants.items():
-        out = args.out / name
-        if not (args.reuse and (out / "manifest.json").exists()):
-            recipe = demo_variant(args.out / f"{name}.yaml", name=f"coherence-{name}", **common, **changes)
-            manifest = run_build(recipe, out, "--overwrite")
-            print(f"{name}: built in {manifest['wall_s']:.0f} s", flush=True)
-        counts[name] = json.loads((out / "manifest.json").read_text())["counts"]
-        turns[name] = user_turns(out)
+    for name in variants:
+        manifest = args.out / name / "manifest.json"
+        if not manifest.exists() or json.loads(manifest.read_text()).get("status") != "complete":
+            print(f"{name}: no finished build in {args.out / name}; run it with --variants {name}")
+            continue
+        counts[name] = json.loads(manifest.read_text())["counts"]
+        turns[name] = user_turns(args.out / name)
 
     recipe = load_recipe(REPO / "manifests" / "demo.yaml")
     gates = TextGates(recipe.text_gates, recipe.llm, load_catalogs(recipe).emotion_sentences)
@@ -116,6 +127,8 @@ def main() -> None:
         reasons = {k: v for k, v in counts[name].get("rejected_by_reason", {}).items() if v}
         print(f"  {name} rejects: {reasons}")
 
+    if "raw" not in turns:
+        return
     raw = margins["raw"]
     retries = recipe.llm.max_retries
     print(f"\nemotion margin candidates, from the {len(raw)} ungated user turns of `raw` "

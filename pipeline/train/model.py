@@ -267,7 +267,7 @@ class S2SModel(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the LLM's and the TTS LM's decoder layers in the backward pass (activation memory)."""
         for lm in (self.llm, self.tts):
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             lm.config.use_cache = False  # training never uses the KV cache
 
 

@@ -97,3 +97,20 @@ def test_console_has_only_our_lines(built: tuple[Path, subprocess.CompletedProce
     noisy = [line for line in (result.stderr + result.stdout).splitlines() if third_party.search(line)]
     assert not noisy, noisy
     assert "start-up: Ray start" in result.stdout and "start-up: first dialogue" in result.stdout
+
+
+def test_text_gate_emotion_prototypes_come_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from pipeline.io import cache
+    from pipeline.recipe import LLMConfig, TextGatesConfig
+    from pipeline.stages.s2_text_gates import TextGates
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    sentences = {"happy": ["I got the job and I am thrilled."], "sad": ["My grandmother passed away last night."]}
+    fresh = TextGates(TextGatesConfig(), LLMConfig(), sentences)
+    computed = fresh.emotion_scores("We won the final and I cannot stop smiling.")
+    assert computed.argmax() == 0
+    again = TextGates(TextGatesConfig(), LLMConfig(), sentences)
+    monkeypatch.setattr(again, "embed", lambda texts: fresh.embed(texts) if texts != sentences["happy"] else None)
+    assert np.array_equal(again.emotion_scores("We won the final and I cannot stop smiling."), computed)

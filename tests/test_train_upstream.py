@@ -29,7 +29,7 @@ N_UNITS = 64
 UPSTREAM_TOKENS = [AUDIO_START, AUDIO_END, TTS_START, TTS_END]  # upstream train.py's order
 
 
-def _qwen_like_tokenizer(folder: Path) -> int:
+def _qwen_like_tokenizer(folder: Path, upstream_tokens: bool = True) -> int:
     """A byte-level BPE tokenizer with Qwen3's chat specials; returns its size before upstream's 4 tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -41,7 +41,8 @@ def _qwen_like_tokenizer(folder: Path) -> int:
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<think>", "</think>"]})
     before = len(tok)
-    tok.add_special_tokens({"additional_special_tokens": UPSTREAM_TOKENS})  # what upstream's train.py does
+    if upstream_tokens:
+        tok.add_special_tokens({"additional_special_tokens": UPSTREAM_TOKENS})  # what upstream's train.py does
     tok.save_pretrained(str(folder))
     return before
 
@@ -233,3 +234,47 @@ def test_cli_trains_from_an_upstream_checkpoint_and_writes_upstreams_layout(
     changed = [k for k in original if not torch.equal(written[k], original[k])]
     assert any(k.startswith("llm_model.") for k in changed) and any(k.startswith("audio_adapter.") for k in changed)
     assert not any(k.startswith("audio_encoder_model.") for k in changed)  # frozen in both regimes
+
+
+def test_three_checkpoint_folders_load_strictly_with_upstreams_vocab_resize(tmp_path: Path) -> None:
+    from transformers import (
+        Qwen2AudioEncoder,
+        Qwen2AudioEncoderConfig,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        WhisperFeatureExtractor,
+    )
+
+    from pipeline.train.config import opens2s_config
+
+    tiny = tiny_config()
+    llm_dir, tts_dir, audio_dir = tmp_path / "llm", tmp_path / "tts", tmp_path / "audio"
+    base = _qwen_like_tokenizer(llm_dir, upstream_tokens=False)
+    torch.manual_seed(3)
+    llm = Qwen3ForCausalLM(Qwen3Config(**{**tiny.llm, "vocab_size": base + 10, "tie_word_embeddings": False}))
+    llm.save_pretrained(str(llm_dir))  # like Qwen3: more embedding rows than tokens
+    _tts_tokenizer(tts_dir)
+    tts = Qwen3ForCausalLM(Qwen3Config(**{**tiny.tts, "vocab_size": N_UNITS + 2}))
+    tts.config.save_pretrained(str(tts_dir))
+    speaker = {"spk2tts.weight": torch.randn(tiny.tts["hidden_size"], 512), "spk_ln.weight": torch.rand(64),
+               "spk_ln.bias": torch.rand(64)}  # fmt: skip
+    tts_state = {k: v for k, v in tts.state_dict().items() if k != "lm_head.weight"} | speaker
+    save_file(tts_state, str(tts_dir / "model.safetensors"))  # an upstream TTS LM carries spk2tts/spk_ln
+    enc_cfg = Qwen2AudioEncoderConfig(**tiny.encoder)
+    encoder = Qwen2AudioEncoder(enc_cfg)
+    audio_dir.mkdir()
+    (audio_dir / "config.json").write_text(json.dumps({"model_type": "qwen2_audio", "audio_config": enc_cfg.to_dict()}))
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(str(audio_dir))
+    audio_state = {f"audio_tower.{k}": v for k, v in encoder.state_dict().items()}
+    save_file(audio_state | {"language_model.x": torch.zeros(1)}, str(audio_dir / "model.safetensors"))
+
+    config = opens2s_config(str(audio_dir), str(llm_dir), str(tts_dir))
+    assert config.llm["vocab_size"] == base + 4  # resized to the tokenizer with upstream's 4 tokens, as upstream
+    model = build_model(config, pretrained=True)
+    assert torch.equal(model.llm.model.embed_tokens.weight, llm.model.embed_tokens.weight[: base + 4])
+    assert torch.equal(model.llm.lm_head.weight, llm.lm_head.weight[: base + 4])
+    assert torch.equal(model.spk2tts.linear.weight, speaker["spk2tts.weight"])
+    assert torch.equal(model.audio_encoder.layers[0].fc1.weight, encoder.layers[0].fc1.weight)
+    save_file(tts_state | {"extra.weight": torch.zeros(1)}, str(tts_dir / "model.safetensors"))
+    with pytest.raises(ConfigError, match="unexpected: extra.weight"):
+        build_model(config, pretrained=True)

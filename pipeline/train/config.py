@@ -166,7 +166,7 @@ def opens2s_config(audio_model: str | None, llm_model: str | None, tts_model: st
     n_units, first, eos, pad = unit_vocab(paths["tts"], "--tts-model")
     from pipeline.train.tokenizer import HFTokenizer
 
-    llm["vocab_size"] = max(int(llm["vocab_size"]), HFTokenizer(paths["llm"]).vocab_size)
+    llm["vocab_size"] = HFTokenizer(paths["llm"]).vocab_size  # as upstream's train.py: resized to the tokenizer
     return ModelConfig(
         name="opens2s",
         encoder=encoder,

@@ -318,19 +318,27 @@ def load_pretrained_parts(model: S2SModel) -> None:
         raise ConfigError(f"--audio-model: {paths['audio']} lacks audio encoder weights such as {missing[0]}")
     for name, module in (("llm", model.llm), ("tts", model.tts)):
         state = _state_from(paths[name])
-        embed = state.get("model.embed_tokens.weight")
-        if embed is not None and embed.shape[0] < module.config.vocab_size:  # room for the added special tokens
-            grown = module.get_input_embeddings().weight.detach().clone()
-            grown[: embed.shape[0]] = embed
-            state["model.embed_tokens.weight"] = grown
-            if "lm_head.weight" in state and state["lm_head.weight"].shape[0] < module.config.vocab_size:
-                head = module.get_output_embeddings().weight.detach().clone()
-                head[: state["lm_head.weight"].shape[0]] = state["lm_head.weight"]
-                state["lm_head.weight"] = head
-        missing, _ = module.load_state_dict(state, strict=False)
+        rows = module.config.vocab_size
+        for key, target in (("model.embed_tokens.weight", module.get_input_embeddings()),
+                            ("lm_head.weight", module.get_output_embeddings())):  # fmt: skip
+            tensor = state.get(key)
+            if tensor is not None and tensor.shape[0] != rows:  # as upstream's resize to the tokenizer's length
+                resized = target.weight.detach().clone()
+                keep = min(rows, tensor.shape[0])
+                resized[:keep] = tensor[:keep]
+                state[key] = resized
+        if name == "tts":  # a TTS LM saved by upstream carries the speaker projection (spk2tts, spk_ln)
+            speaker = {"spk2tts.weight": "linear.weight", "spk_ln.weight": "norm.weight", "spk_ln.bias": "norm.bias"}
+            moved = {ours: state.pop(theirs) for theirs, ours in speaker.items() if theirs in state}
+            if moved:
+                model.spk2tts.load_state_dict(moved)
+        missing, unexpected = module.load_state_dict(state, strict=False)
         missing = [m for m in missing if not (m == "lm_head.weight" and module.config.tie_word_embeddings)]
-        if missing:
-            raise ConfigError(f"--{name}-model: {paths[name]} lacks weights such as {missing[0]}")
+        if missing or unexpected:
+            raise ConfigError(
+                f"--{name}-model: {paths[name]} does not match its config.json (missing: "
+                f"{', '.join(missing[:10]) or 'none'}; unexpected: {', '.join(unexpected[:10]) or 'none'})"
+            )
 
 
 def build_model(config: ModelConfig, seed: int = 0, pretrained: bool = False) -> S2SModel:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import ray.exceptions as ray_errors
 from conftest import run_cli, write_recipe
 from faultproxy import FaultProxy
 
@@ -36,12 +37,6 @@ class APIConnectionError(Exception):  # named like openai's: the classifier matc
 
 class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError
     pass
-
-
-class RayTaskError(Exception):  # Ray wraps a task's exception and keeps it as `.cause`
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__("task failed")
-        self.cause = cause
 
 
 class StatusError(Exception):
@@ -72,7 +67,9 @@ def _wrapped(err: BaseException) -> RuntimeError:
         (StatusError(400), PERMANENT),
         (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), TRANSIENT),
         (RuntimeError("CUDA error: out of memory"), TRANSIENT),
-        (RayTaskError(ConnectionResetError()), TRANSIENT),
+        (ray_errors.RayTaskError("tts", "traceback", ConnectionResetError()), TRANSIENT),  # Ray keeps `.cause`
+        (ray_errors.RayTaskError("tts", "traceback", ValueError("bad shape")), PERMANENT),
+        (ray_errors.ActorDiedError(), TRANSIENT),
         (_wrapped(ConnectionResetError()), TRANSIENT),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "/mnt/nfs/voice.wav"), TRANSIENT),
         (OSError(errno.ESTALE, "Stale file handle", "/mnt/nfs/model.bin"), TRANSIENT),

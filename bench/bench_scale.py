@@ -1,7 +1,9 @@
 """The driver's part of a build at 10k .. 1M dialogues: near-duplicate removal and shard writing, no models.
 
 Synthetic dialogues (4 turns of 12-30 words drawn from a 6,000-word vocabulary, 2% of them one-word edits
-of an earlier dialogue, so the filter really fires) go through the real writer path of `pipeline.build`:
+of an earlier dialogue, so the filter really fires), each with the near-duplicate sketch its Ray worker
+would attach (`attach_sketch`; made outside the timed driver work), go through the real writer path of
+`pipeline.build`:
 `_open_dedup` (the on-disk index in `OUT/dedup/index.sqlite`) and `_write_in_order` (dedup in index order,
 Parquet shards, stats, completion markers). Each size runs in its own process; the script prints per size
 the driver's peak RSS, dialogues/s and MB/s of shards written, and, from RSS samples taken every 50k
@@ -58,6 +60,7 @@ def synthetic(recipe_path: Path, indices: list[int]) -> Iterator[object]:
     from pipeline.records import Dialogue, Turn, dialogue_id
     from pipeline.stages.base import BuildContext
     from pipeline.stages.s1_scenarios import ScenarioSampler
+    from pipeline.stages.s6_dedup import attach_sketch
 
     recipe = load_recipe(recipe_path)
     sampler = ScenarioSampler(BuildContext(recipe=recipe, catalogs=load_catalogs(recipe), out_dir=recipe_path.parent))
@@ -75,6 +78,7 @@ def synthetic(recipe_path: Path, indices: list[int]) -> Iterator[object]:
             Turn(f"{d.id}-t{n:02d}", "user" if n % 2 else "assistant", t, "sad", "low", "spk-01")
             for n, t in enumerate(texts, start=1)
         ]
+        attach_sketch(d, recipe.text_gates.near_duplicate_jaccard)  # the workers' part (sketch_batch)
         yield d
 
 

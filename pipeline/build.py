@@ -37,7 +37,7 @@ from pipeline.stages.s2_dialogue import DialogueWriter
 from pipeline.stages.s3_tts import Synthesizer
 from pipeline.stages.s4_gates import AudioGates
 from pipeline.stages.s5_units import SpeechUnits, fit_dataset_codebook
-from pipeline.stages.s6_dedup import NearDuplicateFilter
+from pipeline.stages.s6_dedup import NearDuplicateFilter, sketch_batch
 
 STAGES: tuple[tuple[str, type[Stage]], ...] = (
     ("dialogue", DialogueWriter),
@@ -188,6 +188,11 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
         ds = ds.map_batches(
             RayStage, fn_constructor_kwargs={"stage_cls": stage_cls, "ctx": ctx}, **_stage_options(recipe, stage_name)
         )
+    # the near-duplicate sketches (MinHash) are computed on the workers; the driver only looks them up
+    ds = ds.map_batches(
+        sketch_batch, fn_kwargs={"threshold": recipe.text_gates.near_duplicate_jaccard}, batch_format="numpy",
+        num_cpus=recipe.resources.scenarios.num_cpus, batch_size=recipe.resources.scenarios.batch_size,
+    )  # fmt: skip
     for row in ds.iter_rows():
         yield pickle.loads(row["record"])
 

@@ -115,6 +115,8 @@ class Dialogue:
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
     nodes: dict[str, str] = field(default_factory=dict)  # Ray node id each stage ran on
     interpreters: dict[str, str] = field(default_factory=dict)  # sys.executable each stage ran in
+    # near-duplicate sketch computed on the workers (stages/s6_dedup.py): shingle hashes (uint64 bytes), band keys
+    dedup_sketch: tuple[bytes, list[int]] | None = None
 
     @property
     def kept(self) -> bool:

@@ -12,14 +12,18 @@ with the dataset and a resumed build reopens the index instead of re-reading its
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.io.dedup_index import DedupStore
 from pipeline.records import Dialogue, Reject, dialogue_index
+from pipeline.stages.base import to_batch
 from pipeline.stages.s2_text_gates import ngrams, words
 
 NUM_PERM = 128
@@ -106,10 +110,9 @@ class NearDuplicateFilter:
         """Reject `dialogue` if it nearly duplicates a kept one; otherwise index it. Call in index order."""
         if not dialogue.kept:
             return dialogue
-        sh = shingles(t.text for t in dialogue.turns)
+        sh, keys = self.sketch(dialogue)
         if not len(sh):
             return dialogue
-        keys = self._band_keys(sh)
         other, j = self.closest(sh, keys)
         if other is not None and j >= self.threshold:
             dialogue.reject = Reject(
@@ -120,6 +123,14 @@ class NearDuplicateFilter:
         self._index(dialogue.id, sh, keys)
         return dialogue
 
+    def sketch(self, dialogue: Dialogue) -> tuple[np.ndarray, list[int]]:
+        """A dialogue's shingles and band keys: the ones its worker computed (`sketch_batch`), else computed here."""
+        if dialogue.dedup_sketch is not None:
+            blob, keys = dialogue.dedup_sketch
+            return np.frombuffer(blob, dtype=np.uint64), keys
+        sh = shingles(t.text for t in dialogue.turns)
+        return sh, self._band_keys(sh) if len(sh) else []
+
     def forget(self, indices: Iterable[int]) -> None:
         """Drop dialogues that this run redoes (unfinished shards, transient failures)."""
         self.store.forget(indices)
@@ -127,3 +138,24 @@ class NearDuplicateFilter:
     def commit(self) -> None:
         """Make the dialogues indexed so far durable (call before a shard's completion marker)."""
         self.store.commit()
+
+
+@functools.cache
+def _sketcher(threshold: float) -> NearDuplicateFilter:
+    return NearDuplicateFilter(threshold)
+
+
+def sketch_batch(batch: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """Ray Data task at the end of the pipeline: attach each kept dialogue's near-duplicate sketch, so
+    that the driver's filter only looks candidates up (the MinHash work spreads over the workers)."""
+    dialogues = [pickle.loads(blob) for blob in batch["record"]]
+    for d in dialogues:
+        attach_sketch(d, threshold)
+    return to_batch(dialogues)
+
+
+def attach_sketch(dialogue: Dialogue, threshold: float) -> None:
+    """Compute a kept dialogue's shingles and band keys into `dialogue.dedup_sketch`."""
+    if dialogue.kept:
+        sh = shingles(t.text for t in dialogue.turns)
+        dialogue.dedup_sketch = (sh.tobytes(), _sketcher(threshold)._band_keys(sh) if len(sh) else [])

@@ -1,6 +1,7 @@
 """Dialogue-writer throughput at max_concurrency 1, 4 and 8: the embedded llama.cpp server (xllamacpp,
 parallel slots, continuous batching) side by side with the previous one (llama-cpp-python's server,
-one request at a time), in one run, on the same GGUF, prompts and scenarios.
+one request at a time), in one run, on the same GGUF, prompts and scenarios: both servers run at
+once and each concurrency level is measured on one right after the other.
 
 Runs the real DialogueWriter (turns mode, the demo's prompts, request cache off) over a fresh set of
 dialogues at each concurrency and prints requests/s and completion tokens/s. The old server needs the
@@ -12,6 +13,7 @@ dialogues at each concurrency and prints requests/s and completion tokens/s. The
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from pipeline.stages.s1_scenarios import ScenarioSampler
 from pipeline.stages.s2_dialogue import DialogueWriter
 
 REPO = Path(__file__).resolve().parents[1]
+Row = tuple[int, int, int, float]
 
 
 def context(folder: Path, url: str, concurrency: int) -> BuildContext:
@@ -40,25 +43,30 @@ def context(folder: Path, url: str, concurrency: int) -> BuildContext:
     return BuildContext(recipe=loaded, catalogs=load_catalogs(loaded), out_dir=folder, llm_base_url=url)
 
 
-def measure(server: EmbeddedLLMServer, levels: list[int], dialogues: int) -> list[tuple[int, int, int, float]]:
-    """(level, requests, completion tokens, wall s) per concurrency level against one server."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, server as url:
+def measure(servers: dict[str, EmbeddedLLMServer], levels: list[int], dialogues: int) -> dict[str, list[Row]]:
+    """(level, requests, completion tokens, wall s) per server and concurrency level. Both servers run at
+    once and each level is measured on one, then the other, so a change in the machine's load between
+    levels hits both alike."""
+    rows: dict[str, list[Row]] = {name: [] for name in servers}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
-        warm = DialogueWriter(context(folder, url, 2))
-        warm.setup()
-        warm.run_batch([ScenarioSampler(warm.ctx).new(10_000 + i) for i in range(2)])  # fill the prompt caches
+        urls = {name: stack.enter_context(server) for name, server in servers.items()}
+        for url in urls.values():
+            warm = DialogueWriter(context(folder, url, 2))
+            warm.setup()
+            warm.run_batch([ScenarioSampler(warm.ctx).new(10_000 + i) for i in range(2)])  # fill the prompt caches
         for n, level in enumerate(levels):
-            writer = DialogueWriter(context(folder, url, level))
-            writer.setup()
-            sampler = ScenarioSampler(writer.ctx)
-            batch = [sampler.new(n * 1000 + i) for i in range(dialogues)]
-            started = time.perf_counter()
-            writer.run_batch(batch)
-            wall = time.perf_counter() - started
-            rows.append((level, writer.client.requests_sent, writer.client.completion_tokens, wall))
-            print(f"  {type(server).__name__} concurrency {level}: {rows[-1][1]} requests, {rows[-1][2]} tokens "
-                  f"in {wall:.1f} s", flush=True)  # fmt: skip
+            for name, url in urls.items():
+                writer = DialogueWriter(context(folder, url, level))
+                writer.setup()
+                sampler = ScenarioSampler(writer.ctx)
+                batch = [sampler.new(n * 1000 + i) for i in range(dialogues)]  # same scenarios for both servers
+                started = time.perf_counter()
+                writer.run_batch(batch)
+                wall = time.perf_counter() - started
+                rows[name].append((level, writer.client.requests_sent, writer.client.completion_tokens, wall))
+                print(f"  {name} concurrency {level}: {rows[name][-1][1]} requests, {rows[name][-1][2]} tokens "
+                      f"in {wall:.1f} s", flush=True)  # fmt: skip
     return rows
 
 
@@ -76,7 +84,7 @@ def main() -> None:
         servers.insert(0, ("llama-cpp-python server (before)", LlamaCppPythonServer(threads=args.threads)))
     else:
         print("llama-cpp-python is not installed (`make install-bench`): measuring the new server only")
-    results = {name: measure(server, args.levels, args.dialogues) for name, server in servers}
+    results = measure(dict(servers), args.levels, args.dialogues)
     print(f"\n{args.dialogues} dialogues (1 exchange) per level, {args.threads} server thread(s)")
     print(f"{'server':<40} {'concurrency':>11} {'requests':>8} {'tokens':>7} {'wall s':>7} {'requests/s':>10} "
           f"{'tokens/s':>8}")  # fmt: skip

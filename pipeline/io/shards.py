@@ -30,7 +30,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def dialogue_row(d: Dialogue) -> dict[str, Any]:
     """The Parquet row of a kept dialogue."""
     turns = []
     for t in d.turns:
-        turn = asdict(t)
+        turn = {f.name: getattr(t, f.name) for f in fields(t)}  # flat fields: no deep copy (asdict copies every unit)
         turn["audio"] = {"bytes": t.audio, "path": f"{t.turn_id}.flac"} if t.audio else None
         turns.append(turn)
     return {

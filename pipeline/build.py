@@ -19,7 +19,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from pipeline.adapters.llm_client import LLMError, api_key
 from pipeline.adapters.llm_server import EmbeddedLLMServer, KeyRejectedError, endpoint_ready
 from pipeline.catalogs import Catalogs, check_voices, load_catalogs
 from pipeline.failfast import FailFastMonitor
+from pipeline.io import cache as start_cache
 from pipeline.io.dedup_index import INDEX_PATH as DEDUP_INDEX_PATH
 from pipeline.io.shards import OutputFolder
 from pipeline.recipe import Recipe, RecipeError, load_recipe
@@ -73,13 +73,7 @@ class BuildResult:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages and model wheels that shape the output."""
-    versions = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return start_cache.versions(*_VERSIONED, missing="not installed")
 
 
 @contextlib.contextmanager

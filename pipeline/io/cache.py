@@ -32,14 +32,14 @@ def cache_dir() -> Path | None:
     return Path(base) / "opens2s-data"
 
 
-def versions(*packages: str) -> dict[str, str]:
-    """Installed versions of `packages` ('-' for one that is missing), for cache keys."""
+def versions(*packages: str, missing: str = "-") -> dict[str, str]:
+    """Installed versions of `packages` (`missing` for one that is not installed)."""
     found = {}
     for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[name] = "-"
+            found[name] = missing
     return found
 
 

@@ -12,7 +12,8 @@ from conftest import run_cli
 def test_voices_list_shows_the_catalog() -> None:
     result = run_cli("voices", "list", timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "spk-01" in result.stdout and "spk-48" in result.stdout and "asst-1" in result.stdout
+    # the demo recipe's catalog: eSpeak user speakers and its Piper assistant voice
+    assert "spk-01" in result.stdout and "spk-55" in result.stdout and "asst-joe" in result.stdout
 
 
 def test_audition_writes_a_wav(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pipeline.stages.s6_dedup import NearDuplicateFilter, jaccard, shingles
 
 @pytest.fixture(scope="module")
 def gates(tmp_path_factory: pytest.TempPathFactory) -> TextGates:
-    checks = {"emotion_check": True, "response_check": True}  # conftest's small recipes switch them off
+    checks = {"emotion_check": True, "response_check": True, "situation_check": True}  # conftest switches them off
     recipe = load_recipe(write_recipe(tmp_path_factory.mktemp("gates"), text_gates=checks))
     return TextGates(recipe.text_gates, recipe.llm, load_catalogs(recipe).emotion_sentences)
 

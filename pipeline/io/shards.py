@@ -266,7 +266,7 @@ class OutputFolder:
         """The completion marker's content, or None if the shard was never written."""
         try:
             return json.loads(self.marker(shard).read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not written (or the folder cannot exist: prepare says so)
             return None
 
     def transient_indices(self, shard: int) -> list[int]:

@@ -53,9 +53,11 @@ class DedupStore:
         return self._db.execute("SELECT 1 FROM dialogues WHERE idx = ?", (idx,)).fetchone() is not None
 
     def add(self, idx: int, dialogue_id: str, shingles: np.ndarray, keys: list[int]) -> None:
-        """Index one kept dialogue (uncommitted until `commit`)."""
+        """Index one kept dialogue (uncommitted until `commit`); one already indexed is left as it is."""
         packed = np.array(keys, dtype=np.int64).tobytes()
-        self._db.execute("INSERT INTO dialogues VALUES (?, ?, ?, ?)", (idx, dialogue_id, shingles.tobytes(), packed))
+        row = (idx, dialogue_id, shingles.tobytes(), packed)
+        if self._db.execute("INSERT OR IGNORE INTO dialogues VALUES (?, ?, ?, ?)", row).rowcount == 0:
+            return
         self._db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)", [(k, idx) for k in keys])
 
     def candidates(self, keys: list[int]) -> list[tuple[str, np.ndarray]]:

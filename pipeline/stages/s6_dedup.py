@@ -102,9 +102,7 @@ class NearDuplicateFilter:
             self._index(dialogue_id, sh, self._band_keys(sh))
 
     def _index(self, dialogue_id: str, sh: np.ndarray, keys: list[int]) -> None:
-        index = dialogue_index(dialogue_id)
-        if not self.store.contains(index):
-            self.store.add(index, dialogue_id, sh, keys)
+        self.store.add(dialogue_index(dialogue_id), dialogue_id, sh, keys)
 
     def apply(self, dialogue: Dialogue) -> Dialogue:
         """Reject `dialogue` if it nearly duplicates a kept one; otherwise index it. Call in index order."""

@@ -2,10 +2,12 @@
 
 The driver validates the recipe and the output folder, fits the speech-unit codebook, starts the
 LLM endpoint (the embedded llama.cpp server unless the recipe names one), runs the stages in flow
-order on Ray, and hands each finished dialogue to the writer, which writes a shard as soon as all
-its dialogues have arrived. Shards with a completion marker are skipped, so re-running resumes;
-a shard whose marker lists transient failures (an outage, not a gate) has exactly those dialogues
-run again and merged in (io/shards.py), unless `retry_transient` is off.
+order on Ray, and dispatches each shard to a writer task as soon as all its dialogues have finished
+(stages/s7_write.py: the driver reads audio-free summaries and removes near-duplicates; the rows
+themselves go from the workers' object store to the writers). Shards with a completion marker are
+skipped, so re-running resumes; a shard whose marker lists transient failures (an outage, not a
+gate) has exactly those dialogues run again and merged in (io/shards.py), unless `retry_transient`
+is off.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import signal
 import time
-from collections import defaultdict
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from pipeline.stages.s3_tts import Synthesizer
 from pipeline.stages.s4_gates import AudioGates
 from pipeline.stages.s5_units import SpeechUnits, fit_dataset_codebook
 from pipeline.stages.s6_dedup import NearDuplicateFilter, sketch_batch
+from pipeline.stages.s7_write import DialogueSummaries, ShardWriters, WriterError, write_in_order
 
 STAGES: tuple[tuple[str, type[Stage]], ...] = (
     ("dialogue", DialogueWriter),
@@ -166,12 +168,11 @@ def _stage_options(recipe: Recipe, stage: str) -> dict[str, Any]:
     return options
 
 
-def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]:
-    """Run the stages on Ray Data over `indices`; yield finished dialogues as they stream out."""
-    import ray
-
+def pipeline_dataset(ctx: BuildContext, todo: list[range | list[int]]) -> Any:
+    """The Ray Data pipeline of the stages over the dialogue indices of `todo` (lazy: nothing runs until
+    it is read), ending with the near-duplicate sketches and the summaries the driver reads."""
     recipe = ctx.recipe
-    ds = ray.data.from_items([{"index": i} for i in indices], override_num_blocks=max(1, min(len(indices), 1000)))
+    ds = todo_dataset(todo)
     ds = ds.map_batches(ScenarioSampler, fn_constructor_kwargs={"ctx": ctx}, **_stage_options(recipe, "scenarios"))
     for stage_name, stage_cls in STAGES[:1] if recipe.text_only else STAGES:
         if stage_cls is DialogueWriter and recipe.llm.backend == "ray-vllm":
@@ -182,13 +183,40 @@ def dialogue_stream(ctx: BuildContext, indices: list[int]) -> Iterator[Dialogue]
         ds = ds.map_batches(
             RayStage, fn_constructor_kwargs={"stage_cls": stage_cls, "ctx": ctx}, **_stage_options(recipe, stage_name)
         )
-    # the near-duplicate sketches (MinHash) are computed on the workers; the driver only looks them up
-    ds = ds.map_batches(
+    return with_summaries(ds, recipe)
+
+
+def todo_dataset(todo: list[range | list[int]], block_rows: int = 1) -> Any:
+    """Rows {"index": i} for every index of `todo` (one range or list per shard), in that order, in
+    blocks of `block_rows` (at most 1,000 blocks). The driver only lists position ranges (no read
+    task that would need a CPU the stage actors hold); the indices are made on the workers."""
+    import ray
+
+    total = sum(map(len, todo))
+    step = max(block_rows, -(-total // 1000))
+    spans = [{"start": a, "stop": min(a + step, total)} for a in range(0, total, step)]
+    ds = ray.data.from_items(spans, override_num_blocks=len(spans))
+    return ds.map_batches(_indices_at, fn_kwargs={"todo": todo}, batch_format="numpy", batch_size=None, num_cpus=0.1)
+
+
+def _indices_at(batch: dict[str, Any], todo: list[range | list[int]]) -> dict[str, Any]:
+    """Ray Data task: the dialogue indices at the positions start..stop of the concatenated `todo`."""
+    import numpy as np
+
+    starts = np.cumsum([0, *map(len, todo)])
+    positions = np.concatenate([np.arange(a, b) for a, b in zip(batch["start"], batch["stop"], strict=True)])
+    segments = np.searchsorted(starts, positions, side="right") - 1
+    indices = [todo[k][p - starts[k]] for k, p in zip(segments, positions, strict=True)]
+    return {"index": np.array(indices, dtype=np.int64)}
+
+
+def with_summaries(ds: Any, recipe: Recipe) -> Any:
+    """Append the pipeline's last task: near-duplicate sketches (MinHash) and the audio-free summaries
+    that the driver reads, made on the workers."""
+    return ds.map_batches(
         sketch_batch, fn_kwargs={"threshold": recipe.text_gates.near_duplicate_jaccard}, batch_format="numpy",
         num_cpus=recipe.resources.scenarios.num_cpus, batch_size=recipe.resources.scenarios.batch_size,
     )  # fmt: skip
-    for row in ds.iter_rows():
-        yield pickle.loads(row["record"])
 
 
 def _units_manifest(recipe: Recipe, catalogs: Catalogs, out_dir: Path) -> dict[str, Any]:
@@ -352,13 +380,14 @@ def build(
     except FileExistsError as err:
         raise BuildError(str(err)) from None
     pending = out.pending_shards(retry_transient) if resumed else list(range(recipe.num_shards))
-    indices = [i for shard in pending for i in out.todo(shard)]
+    todo = [out.todo(shard) for shard in pending]  # one range or list per shard, never one entry per dialogue
+    total = sum(map(len, todo))
     result = BuildResult(out_dir=out.root, totals={}, complete=False, resumed=resumed)
     result.retried = sum(len(out.transient_indices(shard)) for shard in pending) if resumed else 0
     manifest = out.read_manifest() or {}
     if on_progress:
-        on_progress(0, len(indices), None)
-    if indices:
+        on_progress(0, total, None)
+    if total:
         phases = result.startup_s
         phase_started = time.monotonic()
         with _terminate_as_interrupt(), llm_endpoint(recipe) as base_url:
@@ -384,17 +413,18 @@ def build(
                 "units": units,
                 "text_gates_version": catalogs.text_gates_version,
                 "status": "running",
+                "run_id": uuid.uuid4().hex,  # the shard writers check that they see this very folder
             }
             out.write_manifest(manifest)
             ctx = BuildContext(recipe=recipe, catalogs=catalogs, out_dir=out.root.resolve(), llm_base_url=base_url)
             phase_started = time.monotonic()
             with ray_session(recipe, ray_address):
                 phases["ray_start"] = round(time.monotonic() - phase_started, 2)
-                stream = FailFastMonitor(recipe).watch(dialogue_stream(ctx, indices))
-                dedup = _open_dedup(out, recipe, indices)
                 pipeline_started = time.monotonic()
-                stream = _timing_first(stream, phases, "first_dialogue", pipeline_started)
-                result.shards_written = _write_in_order(out, stream, pending, dedup, on_progress)
+                writer_nodes = write_dataset(
+                    out, pipeline_dataset(ctx, todo), pending, manifest["run_id"], on_progress, phases
+                )
+                result.shards_written = sum(writer_nodes.values())
                 result.pipeline_s = time.monotonic() - pipeline_started
     result.totals = out.totals()
     result.totals["balance"] = balance_report(
@@ -409,7 +439,34 @@ def build(
     return result
 
 
-def _open_dedup(out: OutputFolder, recipe: Recipe, redo: list[int]) -> NearDuplicateFilter:
+def write_dataset(
+    out: OutputFolder,
+    ds: Any,
+    pending: list[int],
+    run_id: str,
+    on_progress: Callable[[int, int, Dialogue | None], None] | None = None,
+    phases: dict[str, float] | None = None,
+) -> dict[str, int]:
+    """Run the finished pipeline `ds` (`pipeline_dataset`) and write the shards of `pending` from it:
+    fail-fast watch, near-duplicate removal in the driver, rows written by writer tasks (s7_write).
+    Returns the number of shards written per Ray node. Records seconds to the first dialogue in `phases`."""
+    recipe = out.recipe
+    summaries = DialogueSummaries(ds)
+    stream = FailFastMonitor(recipe).watch(iter(summaries))
+    dedup = _open_dedup(out, recipe, [out.todo(k) for k in pending])
+    if phases is not None:
+        stream = _timing_first(stream, phases, "first_dialogue", time.monotonic())
+    writers = ShardWriters(out, run_id, recipe.resources.writer)
+    try:
+        write_in_order(out, stream, summaries.block_of, pending, dedup, writers, on_progress)
+        return dict(writers.nodes)
+    except WriterError as err:
+        raise BuildError(str(err)) from None
+    finally:
+        dedup.close()
+
+
+def _open_dedup(out: OutputFolder, recipe: Recipe, redo: list[range | list[int]]) -> NearDuplicateFilter:
     """The output folder's near-duplicate index without the dialogues this run redoes; a folder
     written before the index existed is indexed once from its completed shards."""
     dedup = NearDuplicateFilter(recipe.text_gates.near_duplicate_jaccard, out.root / DEDUP_INDEX_PATH)
@@ -418,40 +475,6 @@ def _open_dedup(out: OutputFolder, recipe: Recipe, redo: list[int]) -> NearDupli
             dedup.add(dialogue_id, texts)
     dedup.forget(redo)
     return dedup
-
-
-def _write_in_order(
-    out: OutputFolder,
-    stream: Iterator[Dialogue],
-    pending: list[int],
-    dedup: NearDuplicateFilter,
-    on_progress: Callable[[int, int, Dialogue | None], None] | None,
-) -> int:
-    """Buffer dialogues per shard; write whole shards in shard order, removing near-duplicates in
-    index order first (so which of two duplicates survives does not depend on worker timing).
-    Returns the number of shards written. Memory holds only shards that finished out of order."""
-    buffers: dict[int, list[Dialogue]] = defaultdict(list)
-    first_seen: dict[int, float] = {}
-    order = iter(pending)
-    next_shard = next(order, None)
-    sizes = {k: len(out.todo(k)) for k in pending}  # a written shard's todo: its transient failures
-    total = sum(sizes.values())
-    done = written = 0
-    for dialogue in stream:
-        shard = dialogue.shard
-        first_seen.setdefault(shard, time.monotonic())
-        buffers[shard].append(dialogue)
-        while next_shard is not None and len(buffers[next_shard]) == sizes[next_shard]:
-            dialogues = sorted(buffers.pop(next_shard), key=lambda d: d.index)
-            dialogues = [dedup.apply(d) for d in dialogues]
-            dedup.commit()  # before the shard's marker: a crash in between is undone by `forget` on resume
-            out.write_shard(next_shard, dialogues, time.monotonic() - first_seen.pop(next_shard))
-            written += 1
-            next_shard = next(order, None)
-        done += 1
-        if on_progress:
-            on_progress(done, total, dialogue)
-    return written
 
 
 @contextlib.contextmanager

@@ -49,6 +49,27 @@ class StageResources(_Strict):
         return self
 
 
+class WriterResources(_Strict):
+    """The shard writers: Ray tasks that write each finished shard from the rows on the workers, so the
+    rows (audio included) never pass through the driver (pipeline/stages/s7_write.py)."""
+
+    concurrency: int = Field(
+        2, ge=1, description="Shards written at once; the driver waits for one to finish when this many are in flight."
+    )
+    num_cpus: float = Field(
+        0,
+        ge=0,
+        description="Logical CPUs a writer task reserves. 0 by default: the stage actors may hold every CPU, and a "
+        "writer waiting for one would stall the build (the driver wrote without a reservation before).",
+    )
+    node: Literal["any", "driver"] = Field(
+        "any",
+        description="Where writers run: `any` lets Ray place each one where its rows are, which needs the output "
+        "folder on a filesystem every node mounts (one machine, NFS, ...); `driver` keeps them on the driver's "
+        "node (rows travel to it, but not through the driver process).",
+    )
+
+
 class Resources(_Strict):
     """Per-stage resources. The defaults fit a 2-core laptop: the llama.cpp server and Whisper
     do the heavy work, so the stages reserve fractions of Ray's 2 logical CPUs."""
@@ -58,6 +79,7 @@ class Resources(_Strict):
     tts: StageResources = Field(StageResources(num_cpus=0.3), description="Speech synthesis.")
     gates: StageResources = Field(StageResources(num_cpus=1.0), description="ASR, WER and emotion gates.")
     units: StageResources = Field(StageResources(num_cpus=0.3), description="Speech units.")
+    writer: WriterResources = Field(WriterResources(), description="Shard writers (where the output is written).")
 
 
 class FailFastConfig(_Strict):
@@ -347,8 +369,10 @@ class Recipe(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the output (the identity of a run). Where a stage runs
-        (its runtime_env) and when the build stops early (fail_fast) do not change the output."""
-        fields = self.model_dump(mode="json", exclude={"fail_fast": True, "reliability": True})
+        (its runtime_env, the shard writers) and when the build stops early (fail_fast) do not change the output."""
+        fields = self.model_dump(
+            mode="json", exclude={"fail_fast": True, "reliability": True, "resources": {"writer": True}}
+        )
         for stage in fields["resources"].values():
             stage.pop("runtime_env", None)
         canonical = json.dumps(fields, sort_keys=True)

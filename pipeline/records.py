@@ -6,7 +6,7 @@ stage rejects keeps travelling with its `Reject` so that every requested dialogu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "fearful", "surprised", "disgusted")
 INTENSITIES = ("low", "medium", "high")
@@ -122,6 +122,13 @@ class Dialogue:
     def kept(self) -> bool:
         """True unless a stage rejected the whole dialogue."""
         return self.reject is None
+
+    def summary(self) -> Dialogue:
+        """A copy without the heavy per-turn payload (audio bytes, speech units): what the driver
+        receives for ordering, near-duplicate removal, fail-fast and progress, while the full record
+        stays on the workers for the shard writer."""
+        turns = [replace(t, audio=b"", speech_units=[]) for t in self.turns]
+        return replace(self, turns=turns)
 
     @property
     def transient(self) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,31 +176,3 @@ def test_near_duplicates_are_removed_exactly_by_jaccard() -> None:
     resumed = NearDuplicateFilter(0.5)
     resumed.add("dlg-0-000000", base)
     assert not resumed.apply(_dialogue(2, near)).kept
-
-
-def test_writer_removes_the_later_duplicate_whatever_order_workers_finish_in(tmp_path: Path) -> None:
-    from pipeline.build import _write_in_order
-    from pipeline.io.shards import OutputFolder
-    from pipeline.stages.base import BuildContext
-    from pipeline.stages.s1_scenarios import ScenarioSampler
-
-    recipe = load_recipe(write_recipe(tmp_path, num_dialogues=4, shard_size=2, text_only=True))
-    ctx = BuildContext(recipe=recipe, catalogs=load_catalogs(recipe), out_dir=tmp_path)
-    same = ["I lost my job today and I do not know how to tell my family.", "I am so sorry, that is a lot to carry."]
-    baby = ["My sister is having a baby and I cannot wait!", "That is wonderful news for your family!"]
-    storm = ["The storm knocked our fence down last night.", "That sounds scary, is everyone safe?"]
-    texts = [baby, same, storm, same]
-    dialogues = []
-    for index, pair in enumerate(texts):
-        d = ScenarioSampler(ctx).new(index)
-        d.turns = [Turn(f"{d.id}-t{n:02d}", role, t, "sad", "low", "spk-01")
-                   for n, (role, t) in enumerate(zip(["user", "assistant"], pair, strict=True), start=1)]  # fmt: skip
-        dialogues.append(d)
-    out = OutputFolder(tmp_path / "out", recipe)
-    out.prepare(False)
-    arrival = [dialogues[3], dialogues[2], dialogues[1], dialogues[0]]  # shard 1 finishes first
-    written = _write_in_order(out, iter(arrival), [0, 1], NearDuplicateFilter(0.5), None)
-    assert written == 2
-    kept = [row[0] for row in out.kept_texts()]
-    assert kept == ["dlg-3-000000", "dlg-3-000001", "dlg-3-000002"]  # index 3 duplicates index 1
-    assert out.totals()["rejected_by_reason"] == {"near_duplicate": 1}

@@ -70,14 +70,20 @@ class DedupStore:
         ).fetchall()
         return [(dialogue_id, np.frombuffer(blob, dtype=np.uint64)) for dialogue_id, blob in rows]
 
-    def forget(self, indices: Iterable[int]) -> None:
-        """Drop the given dialogue indices (work that this run redoes) and commit."""
-        for idx in indices:
-            row = self._db.execute("SELECT keys FROM dialogues WHERE idx = ?", (idx,)).fetchone()
-            if row is not None:
-                keys = np.frombuffer(row[0], dtype=np.int64).tolist()
-                self._db.executemany("DELETE FROM bands WHERE key = ? AND idx = ?", [(k, idx) for k in keys])
-                self._db.execute("DELETE FROM dialogues WHERE idx = ?", (idx,))
+    def forget(self, indices: Iterable[int] | range) -> None:
+        """Drop the given dialogue indices (work that this run redoes) and commit. A `range` is looked up
+        as one range query, so forgetting the unwritten shards of a large build reads only what is there."""
+        if isinstance(indices, range) and indices.step == 1:
+            query = "SELECT idx, keys FROM dialogues WHERE idx >= ? AND idx < ?"
+            rows = self._db.execute(query, (indices.start, indices.stop)).fetchall()
+        else:
+            rows = [
+                (i, *r) for i in indices for r in self._db.execute("SELECT keys FROM dialogues WHERE idx = ?", (i,))
+            ]
+        for idx, blob in rows:
+            keys = np.frombuffer(blob, dtype=np.int64).tolist()
+            self._db.executemany("DELETE FROM bands WHERE key = ? AND idx = ?", [(k, idx) for k in keys])
+            self._db.execute("DELETE FROM dialogues WHERE idx = ?", (idx,))
         self._db.commit()
 
     def commit(self) -> None:

@@ -278,11 +278,11 @@ class OutputFolder:
         """Shards without a completion marker, plus (with `retry_transient`) those holding transient failures."""
         return [k for k in range(self.total) if not self.marker(k).exists() or (retry_transient and self.todo(k))]
 
-    def todo(self, shard: int) -> list[int]:
-        """Indices a run still has to produce for `shard`: all of them before it is written, afterwards
-        its transient failures (none once the shard is final)."""
+    def todo(self, shard: int) -> range | list[int]:
+        """Indices a run still has to produce for `shard`: all of them (a range) before it is written,
+        afterwards its transient failures (none once the shard is final)."""
         marker = self.read_marker(shard)
-        return list(self.shard_indices(shard)) if marker is None else list(marker.get("transient", []))
+        return self.shard_indices(shard) if marker is None else list(marker.get("transient", []))
 
     def check(self, overwrite: bool) -> bool:
         """Decide whether this folder can take the recipe's run, without writing anything.

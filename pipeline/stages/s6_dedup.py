@@ -129,13 +129,18 @@ class NearDuplicateFilter:
         sh = shingles(t.text for t in dialogue.turns)
         return sh, self._band_keys(sh) if len(sh) else []
 
-    def forget(self, indices: Iterable[int]) -> None:
-        """Drop dialogues that this run redoes (unfinished shards, transient failures)."""
-        self.store.forget(indices)
+    def forget(self, todo: Iterable[range | list[int]]) -> None:
+        """Drop dialogues that this run redoes: one range or list per shard (unfinished shards, transient failures)."""
+        for indices in todo:
+            self.store.forget(indices)
 
     def commit(self) -> None:
         """Make the dialogues indexed so far durable (call before a shard's completion marker)."""
         self.store.commit()
+
+    def close(self) -> None:
+        """Commit and close the index."""
+        self.store.close()
 
 
 @functools.cache
@@ -144,12 +149,20 @@ def _sketcher(threshold: float) -> NearDuplicateFilter:
 
 
 def sketch_batch(batch: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """Ray Data task at the end of the pipeline: attach each kept dialogue's near-duplicate sketch, so
-    that the driver's filter only looks candidates up (the MinHash work spreads over the workers)."""
+    """Ray Data task at the end of the pipeline: attach each kept dialogue's near-duplicate sketch and
+    add a `summary` column (the dialogue without audio and units, `Dialogue.summary`). The driver reads
+    only the summaries and looks the sketches up (the MinHash work spreads over the workers); the full
+    records stay in the object store for the shard writers (`stages/s7_write.py`)."""
     dialogues = [pickle.loads(blob) for blob in batch["record"]]
+    summaries = []
     for d in dialogues:
         attach_sketch(d, threshold)
-    return to_batch(dialogues)
+        summaries.append(pickle.dumps(d.summary()))
+        d.dedup_sketch = None  # the writer does not need it
+    out = to_batch(dialogues)
+    out["index"] = np.array([d.index for d in dialogues], dtype=np.int64)
+    out["summary"] = np.array(summaries, dtype=object)
+    return out
 
 
 def attach_sketch(dialogue: Dialogue, threshold: float) -> None:

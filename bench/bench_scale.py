@@ -145,7 +145,7 @@ def run(recipe_path: Path, out_dir: Path, sample_every: int, audio_kb: int, node
                 first_shard.append(time.monotonic() - started)
                 print(json.dumps({"first_shard_s": first_shard[0]}), flush=True)
             if done % sample_every == 0:
-                samples.append((done, rss_mb()))
+                samples.append((done, *rss_mb()))
                 print(json.dumps({"progress": done}), flush=True)
 
     made = {"scenarios": sample_scenarios(recipe_path), "seed": recipe.seed, "audio_kb": audio_kb}
@@ -173,9 +173,11 @@ def run(recipe_path: Path, out_dir: Path, sample_every: int, audio_kb: int, node
     }  # fmt: skip
 
 
-def rss_mb() -> float:
-    """Current resident set size of this process in MB."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def rss_mb() -> tuple[float, float]:
+    """This process's resident set size and its private part (RssAnon: without the pages of Ray's
+    shared-memory object store it has mapped), in MB."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) / 1e3, int(status["RssAnon"].split()[0]) / 1e3
 
 
 def child_cmd(n: int, out_dir: Path, sample_every: int, args: argparse.Namespace) -> list[str]:
@@ -252,12 +254,14 @@ def main() -> None:
                   f"{r['total_peak_pss_mb']:>18} {r['kept']:>6} {r['near_duplicates']:>9} {r['index_mb']:>9}  "
                   f"{r['writer_nodes']}", flush=True)  # fmt: skip
             largest = r
-        done, rss = np.array(largest["samples"], dtype=float).T
+        done, rss, anon = np.array(largest["samples"], dtype=float).T
         half = len(done) // 2  # past the start-up transient
         slope = np.polyfit(done[half:], rss[half:], 1)[0] * 100_000
-        print(f"driver RSS growth, fitted over the second half of the {args.sizes[-1]:,} run: {slope:.1f} MB per 100k")
-        points = ", ".join(f"{int(d)}: {m:.0f}" for d, m in zip(done, rss, strict=True))
-        print(f"  RSS samples (dialogues: MB): {points}")
+        slope_anon = np.polyfit(done[half:], anon[half:], 1)[0] * 100_000
+        print(f"driver RSS growth, fitted over the second half of the {args.sizes[-1]:,} run: {slope:.1f} MB per 100k "
+              f"(private part: {slope_anon:.1f} MB per 100k)")  # fmt: skip
+        points = ", ".join(f"{int(d)}: {m:.0f}/{a:.0f}" for d, m, a in zip(done, rss, anon, strict=True))
+        print(f"  RSS/private samples (dialogues: MB): {points}")
         print(f"  extrapolated to 10M dialogues: {slope * 100:+.0f} MB over the driver's start", flush=True)
         for kill_after in args.kill_at:
             r = kill_and_resume(args.kill_size, kill_after, folder, args)

@@ -86,3 +86,22 @@ def test_a_writer_that_does_not_see_the_folder_stops_the_build(local_ray: None, 
         write_in_order(out, iter(summaries), summaries.block_of, [0], NearDuplicateFilter(0.5), writers)
     assert not out.marker(0).exists()
     assert not list((out.root / "data").glob("*"))
+
+
+def test_the_driver_lists_spans_and_the_workers_make_the_indices(local_ray: None) -> None:
+    from pipeline.build import todo_dataset
+
+    todo: list[range | list[int]] = [range(0, 3), [7, 9], range(10, 12)]  # unwritten shards and a retry list
+    for block_rows in (1, 2, 100):
+        rows = todo_dataset(todo, block_rows=block_rows).take_all()
+        assert [r["index"] for r in rows] == [0, 1, 2, 7, 9, 10, 11]
+
+
+def test_where_the_writers_run_is_not_part_of_the_recipe_identity(tmp_path: Path) -> None:
+    plain = load_recipe(write_recipe(tmp_path, name="a"))
+    (tmp_path / "b").mkdir()
+    moved = load_recipe(
+        write_recipe(tmp_path / "b", name="a", resources={"writer": {"concurrency": 5, "node": "driver"}})
+    )
+    assert moved.resources.writer.concurrency == 5
+    assert moved.fingerprint() == plain.fingerprint()

@@ -5,9 +5,12 @@ store twice per block: the full record (audio, units) and a summary without them
 
 1. reads only the summaries of each output block, through a small task that Ray places where the
    block is (`DialogueSummaries`), and remembers which block holds which dialogue;
-2. buffers the summaries per shard; when the next shard in shard order is complete, removes its
-   near-duplicates in index order (`NearDuplicateFilter`, on-disk index, committed before the shard
-   can get its marker) and turns the new rejects into verdicts;
+2. counts the arrivals per shard and keeps only the block references (workers finish out of order,
+   so shards complete out of order: holding their summaries would grow the driver with that
+   disorder); when the next shard in shard order is complete, it reads that shard's summaries again
+   from its blocks (`shard_summaries`), removes near-duplicates in index order (`NearDuplicateFilter`,
+   on-disk index, committed before the shard can get its marker) and turns the new rejects into
+   verdicts;
 3. hands the shard to a writer task (`ShardWriters`) with the verdicts and the references of the
    blocks that hold its rows. The writer reads the full records from those blocks, applies the
    verdicts and calls `OutputFolder.write_shard`: the same temp-file-and-rename files, stats and
@@ -15,8 +18,8 @@ store twice per block: the full record (audio, units) and a summary without them
    are unchanged.
 
 At most `resources.writer.concurrency` writers are in flight; the driver waits for one to finish
-before it dispatches another, which backpressures the pipeline. The driver holds the summaries of
-shards that are not yet complete and block references, never audio. Markers may land out of shard
+before it dispatches another, which backpressures the pipeline. The driver holds one count per
+unfinished shard, the block references and one shard's summaries at a time, never audio. Markers may land out of shard
 order (a later shard's writer can finish first); a resume redoes exactly the shards without one.
 """
 
@@ -42,7 +45,7 @@ class DialogueSummaries:
     """Iterate a Ray dataset's finished dialogues as summaries, without fetching the full records.
 
     `block_of[index]` is the reference of the block that holds dialogue `index`'s full record, until
-    `write_in_order` hands it to a writer.
+    `write_in_order` takes it.
     """
 
     def __init__(self, ds: Any) -> None:
@@ -73,6 +76,26 @@ def _summary_columns(rows: list[tuple[int, int] | None], *blocks: Any) -> list[l
         column = list(BlockAccessor.for_block(block).to_numpy("summary"))
         columns.append(column if part is None else column[part[0] : part[1]])
     return columns
+
+
+def shard_summaries(shard: int, blocks: list[Any]) -> list[Dialogue]:
+    """The summaries of shard `shard`'s dialogues in `blocks`, in index order (read where the blocks are)."""
+    import ray
+
+    read = ray.remote(num_cpus=0)(_shard_summary_column)
+    return sorted((pickle.loads(blob) for blob in ray.get(read.remote(shard, *blocks))), key=lambda d: d.index)
+
+
+def _shard_summary_column(shard: int, *blocks: Any) -> list[bytes]:
+    """Ray task: the summaries of the rows of `shard` in `blocks`."""
+    from ray.data.block import BlockAccessor
+
+    column = []
+    for block in blocks:
+        accessor = BlockAccessor.for_block(block)
+        shards, summaries = accessor.to_numpy("shard"), accessor.to_numpy("summary")
+        column += [blob for k, blob in zip(shards, summaries, strict=True) if k == shard]
+    return column
 
 
 def write_shard_from_blocks(
@@ -154,7 +177,8 @@ def write_in_order(
     """Dispatch the shards of `pending` in shard order as their summaries arrive from `stream`,
     removing near-duplicates in index order first (so which of two duplicates survives does not
     depend on worker timing). Returns the number of shards written."""
-    buffers: dict[int, list[Dialogue]] = defaultdict(list)
+    arrived: Counter[int] = Counter()
+    blocks: dict[int, dict[Any, None]] = defaultdict(dict)  # per shard, the blocks that hold its rows (in order)
     first_seen: dict[int, float] = {}
     order = iter(pending)
     next_shard = next(order, None)
@@ -163,18 +187,21 @@ def write_in_order(
     done = written = 0
     try:
         for summary in stream:
+            # Only a count and the block are kept: shards that finish out of order cost no driver memory
+            # per dialogue; their summaries are read again from the blocks when their turn comes.
             first_seen.setdefault(summary.shard, time.monotonic())
-            buffers[summary.shard].append(summary)
-            while next_shard is not None and len(buffers[next_shard]) == sizes[next_shard]:
-                summaries = sorted(buffers.pop(next_shard), key=lambda d: d.index)
+            arrived[summary.shard] += 1
+            blocks[summary.shard][block_of.pop(summary.index)] = None
+            while next_shard is not None and arrived[next_shard] == sizes[next_shard]:
+                refs = list(blocks.pop(next_shard))
                 verdicts = {}
-                for d in summaries:
+                for d in shard_summaries(next_shard, refs):
                     if d.kept and not dedup.apply(d).kept:
                         assert d.reject is not None
                         verdicts[d.index] = d.reject
                 dedup.commit()  # before the shard's marker: a crash in between is undone by `forget` on resume
-                blocks = list(dict.fromkeys(block_of.pop(d.index) for d in summaries))
-                writers.submit(next_shard, verdicts, time.monotonic() - first_seen.pop(next_shard), blocks)
+                writers.submit(next_shard, verdicts, time.monotonic() - first_seen.pop(next_shard), refs)
+                del arrived[next_shard]
                 written += 1
                 next_shard = next(order, None)
             done += 1

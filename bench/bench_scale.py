@@ -204,7 +204,7 @@ def kill_and_resume(n: int, kill_after: int, folder: Path, args: argparse.Namesp
                             start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
-        if json.loads(line).get("progress", 0) >= kill_after:
+        if line.startswith("{") and json.loads(line).get("progress", 0) >= kill_after:  # Ray may print other lines
             os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray and every writer in flight
             break
     proc.wait()

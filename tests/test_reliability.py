@@ -125,12 +125,26 @@ def test_full_disk_while_writing_a_shard_loses_nothing(tmp_path: Path, monkeypat
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
+    # Shards are written by Ray writer tasks in worker processes, which inherit this environment: a
+    # sitecustomize on their PYTHONPATH fills the disk there (and the patch covers this process too).
+    hook = tmp_path / "full-disk-hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "_fsync = os.fsync\n"
+        "def _full_disk(fd):\n"
+        "    if '/data/.train-' in os.readlink(f'/proc/self/fd/{fd}'):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    _fsync(fd)\n"
+        "os.fsync = _full_disk\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     monkeypatch.setattr(files.os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
         build(recipe, out)
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".train-*"))
     assert not list(out.glob("data/*.parquet")) and not list(out.glob("completions/*"))
-    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    monkeypatch.undo()
     result = build(recipe, out)
     assert result.complete
     _accounted(out, 2)

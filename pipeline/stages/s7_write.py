@@ -82,20 +82,22 @@ def shard_summaries(shard: int, blocks: list[Any]) -> list[Dialogue]:
     """The summaries of shard `shard`'s dialogues in `blocks`, in index order (read where the blocks are)."""
     import ray
 
-    read = ray.remote(num_cpus=0)(_shard_summary_column)
-    return sorted((pickle.loads(blob) for blob in ray.get(read.remote(shard, *blocks))), key=lambda d: d.index)
+    read = ray.remote(num_cpus=0)(shard_column)
+    blobs = ray.get(read.remote("summary", shard, *blocks))
+    return sorted((pickle.loads(blob) for blob in blobs), key=lambda d: d.index)
 
 
-def _shard_summary_column(shard: int, *blocks: Any) -> list[bytes]:
-    """Ray task: the summaries of the rows of `shard` in `blocks`."""
+def shard_column(column: str, shard: int, *blocks: Any) -> list[bytes]:
+    """The `column` values (`summary` or `record`) of the rows of `shard` in `blocks`; a Ray task for
+    the driver's summaries, called inside the writer task for the records."""
     from ray.data.block import BlockAccessor
 
-    column = []
+    values = []
     for block in blocks:
         accessor = BlockAccessor.for_block(block)
-        shards, summaries = accessor.to_numpy("shard"), accessor.to_numpy("summary")
-        column += [blob for k, blob in zip(shards, summaries, strict=True) if k == shard]
-    return column
+        shards, blobs = accessor.to_numpy("shard"), accessor.to_numpy(column)
+        values += [blob for k, blob in zip(shards, blobs, strict=True) if k == shard]
+    return values
 
 
 def write_shard_from_blocks(
@@ -112,13 +114,8 @@ def write_shard_from_blocks(
             "put the output on a filesystem every Ray node mounts, or set resources.writer.node: driver"
         )
     import ray
-    from ray.data.block import BlockAccessor
 
-    dialogues = []
-    for block in blocks:
-        accessor = BlockAccessor.for_block(block)
-        shards, records = accessor.to_numpy("shard"), accessor.to_numpy("record")
-        dialogues += [pickle.loads(record) for k, record in zip(shards, records, strict=True) if k == shard]
+    dialogues = [pickle.loads(record) for record in shard_column("record", shard, *blocks)]
     for d in dialogues:
         d.reject = verdicts.get(d.index, d.reject)
     out.write_shard(shard, dialogues, wall_s)
